@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Time ksminspect's commands and the plain-drgn baseline on the benchmark
+dumps (benchmarks/make-dumps.sh), each in a fresh process, and print per
+command: wall seconds, rmap_items per second, peak RSS, and the speed-up over
+the baseline; then the walk-and-decode rate of rmap_items measured in-process.
+
+    run.py [--bench DIR] [--debug VMLINUX] [SIZE...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KSMINSPECT = Path(sys.executable).parent / "ksminspect"
+COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["check", "--format", "json"]]
+
+
+def measure(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one process, output discarded."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed with {status}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def walk_rate(vmcore: str, debug: str) -> tuple[int, float]:
+    """rmap_items walked and decoded per second (warm: second pass)."""
+    from ksminspect.program import open_program
+    from ksminspect.walk import walker
+
+    w = walker(open_program(vmcore, [debug]))
+    for _ in range(2):
+        start, n = time.perf_counter(), 0
+        for slot in w.for_each_mm_slot():
+            _, first = w.mm_slot(slot)
+            for _ in w.for_each_rmap_item(first, slot):
+                n += 1
+        seconds = time.perf_counter() - start
+    return n, n / seconds
+
+
+def same_findings(vmcore: str, debug: str) -> tuple[bool, int]:
+    """Whether check's fast path finds exactly what its slow path finds."""
+    from ksminspect.checks import run_checks
+    from ksminspect.program import open_program
+
+    prog = open_program(vmcore, [debug])
+    fast = run_checks(prog)
+    slow = run_checks(prog, fast=False)
+    return fast.findings == slow.findings and fast.stats == slow.stats, len(fast.findings)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default=os.environ.get("BENCH", "/var/tmp/ksminspect-bench"))
+    ap.add_argument("--debug", default=str(HERE.parent / "vmcores/kernels/6.12/vmlinux.debug.xz"))
+    ap.add_argument("sizes", nargs="*", default=["small", "medium", "large"])
+    ap.add_argument("--in-process", metavar="VMCORE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from ksminspect.program import decompressed
+
+    if args.in_process:  # measured apart, so that no command forks a grown parent
+        n, rate = walk_rate(args.in_process, decompressed(args.debug))
+        same, count = same_findings(args.in_process, decompressed(args.debug))
+        print(json.dumps({"n": n, "rate": rate, "same": same, "count": count}))
+        return
+
+    debug = decompressed(args.debug)
+    per_item: dict[str, float] = {}
+    print(f"{'size':7} {'items':>9} {'command':24} {'wall s':>7} {'items/s':>10} {'RSS MB':>7} {'vs baseline':>11}")
+    for size in args.sizes:
+        vmcore = Path(args.bench) / size / "vmcore"
+        if not vmcore.exists():
+            print(f"{size}: no dump at {vmcore} (run benchmarks/make-dumps.sh {size})")
+            continue
+        truth = json.loads((vmcore.parent / "truth.json").read_text())
+        items = sum(int(p.get("ksm_stat", {}).get("ksm_rmap_items", 0)) for p in truth["processes"])
+        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), debug])
+        rows = [("baseline (plain drgn)", base_wall, base_rss)]
+        for cmd in COMMANDS:
+            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", debug, *cmd])
+            rows.append((" ".join(cmd), wall, rss))
+            if cmd[0] == "check":
+                per_item[size] = wall / items
+        for name, wall, rss in rows:
+            print(f"{size:7} {items:9} {name:24} {wall:7.2f} {items / wall:10.0f} {rss:7.0f} "
+                  f"{base_wall / wall:10.1f}x")
+        inproc = json.loads(subprocess.run(
+            [sys.executable, __file__, "--debug", args.debug, "--in-process", str(vmcore)],
+            capture_output=True, text=True, check=True).stdout)
+        n, rate = inproc["n"], inproc["rate"]
+        print(f"{size:7} {n:9} {'walk+decode in-process':24} {n / rate:7.2f} {rate:10.0f}")
+        print(f"{size:7} check fast path vs slow path: {inproc['count']} findings, "
+              f"{'identical' if inproc['same'] else 'DIFFERENT'}")
+    if "small" in per_item and "large" in per_item:
+        print(f"check: time per item at large / at small = {per_item['large'] / per_item['small']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

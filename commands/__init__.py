@@ -1,0 +1,1 @@
+"""ksminspect's command-line interface (installed as ksminspect.commands)."""

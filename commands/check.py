@@ -1,0 +1,73 @@
+"""ksminspect check: every invariant of a healthy KSM, as findings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ksminspect.errors import EXIT_FINDINGS, EXIT_OK
+
+from .render import emit_json, emit_table, format_option, hexaddr
+
+
+def finding_json(f) -> dict[str, Any]:
+    return {"check": f.check, "severity": f.severity.value, "address": hexaddr(f.address),
+            "mm": hexaddr(f.mm), "pid": f.pid, "page_address": hexaddr(f.page_address),
+            "rule": f.rule, "transient": f.transient, "message": f.message}
+
+
+@click.command("check")
+@click.option("--strict", is_flag=True, help="Warnings count as errors for the exit code.")
+@click.option("--only", metavar="CHECK[,CHECK...]", help="Report only these checks.")
+@click.option("--retries", type=int, default=3, show_default=True,
+              help="Live kernel: walks before an inconsistency is reported.")
+@format_option
+@click.pass_obj
+def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
+    """Check every invariant of a healthy KSM; find stale offsets and anon_vmas.
+
+    Exit code: 0 no error-level finding, 1 error-level findings (with
+    --strict, warnings too), 2 the kernel cannot be inspected. On a live
+    kernel the walk is repeated; what was not seen every time is dropped as a
+    race, and what stays is marked transient (KSM moves while we read).
+
+    \b
+    Examples:
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz check
+      sudo ksminspect check --strict --format json
+    """
+    from ksminspect.checks import CHECKS, Severity, check_live, run_checks
+
+    prog = app.prog
+    if only:
+        unknown = set(only.split(",")) - set(CHECKS)
+        if unknown:
+            raise click.BadParameter(f"unknown check {', '.join(sorted(unknown))}; "
+                                     f"known: {', '.join(CHECKS)}", param_hint="--only")
+    report = check_live(prog, retries) if app.live else run_checks(prog)
+    findings = [f for f in report.findings if not only or f.check in only.split(",")]
+    counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
+    failing = counts["error"] + (counts["warning"] if strict else 0)
+
+    if fmt == "json":
+        emit_json({"findings": [finding_json(f) for f in findings], "counts": counts,
+                   "checks": list(CHECKS), "stats": report.stats, "live": app.live})
+    else:
+        by_check: dict[str, list] = {}
+        for f in findings:
+            by_check.setdefault(f.check, []).append(f)
+        order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+        for name in sorted(by_check, key=lambda c: (min(order[f.severity] for f in by_check[c]), c)):
+            group = by_check[name]
+            click.echo(f"{name}: {len(group)} finding{'s' if len(group) != 1 else ''} "
+                       f"({CHECKS[name]})")
+            emit_table([[f.severity.value, hexaddr(f.address) or "-",
+                         f.pid if f.pid is not None else "-", hexaddr(f.page_address) or "-",
+                         f.rule or "", f.message] for f in group],
+                       ["severity", "object", "pid", "page", "rule", "message"])
+            click.echo()
+        click.echo(f"{counts['error']} errors, {counts['warning']} warnings, "
+                   f"{counts['info']} info; {len(CHECKS)} checks"
+                   + (" (live kernel)" if app.live else ""))
+    click.get_current_context().exit(EXIT_FINDINGS if failing else EXIT_OK)

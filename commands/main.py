@@ -1,0 +1,138 @@
+"""The ksminspect command group: global options, the application object and
+the one path by which errors reach the user."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import click
+
+from ksminspect import __version__
+from ksminspect.errors import EXIT_CANNOT_INSPECT, KsmInspectError
+
+
+class App:
+    """What every command shares: the target, opened on first use (or given:
+    inside drgn, the program drgn already has)."""
+
+    def __init__(self, core: Optional[str], symbols: Sequence[str], prog=None):
+        self.core = core
+        self.symbols = tuple(symbols)
+        self._prog = prog
+
+    @property
+    def prog(self):
+        from ksminspect.layout import get_layout
+
+        if self._prog is None:
+            from ksminspect.program import open_program
+
+            self._prog = open_program(self.core, self.symbols)
+            truncated = self._prog.cache.get("ksminspect_truncated")
+            if truncated:
+                click.echo(f"ksminspect: warning: {truncated}; reading what it holds", err=True)
+        get_layout(self._prog)  # no KSM: fail here, before any output (cached)
+        return self._prog
+
+    @property
+    def live(self) -> bool:
+        if self._prog is not None:
+            import drgn
+
+            return bool(self._prog.flags & drgn.ProgramFlags.IS_LIVE)
+        return self.core is None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--core", metavar="PATH",
+              help="vmcore to inspect (.zst, .xz, .gz are decompressed once into "
+                   "~/.cache/ksminspect); without it, the running kernel via /proc/kcore.")
+@click.option("-s", "--symbols", metavar="PATH", multiple=True,
+              help="vmlinux or kernel debug file (repeatable); without it, drgn's "
+                   "default debug info search.")
+@click.version_option(__version__, prog_name="ksminspect")
+@click.pass_context
+def cli(ctx: click.Context, core: Optional[str], symbols: tuple[str, ...]) -> None:
+    """Inspect kernel samepage merging (KSM) in a live kernel or a vmcore.
+
+    \b
+    Examples:
+      ksminspect summary                      # the running kernel, as root
+      ksminspect -c vmcore -s vmlinux summary --format json
+    """
+    if not isinstance(ctx.obj, App):  # inside drgn the App comes with its program
+        ctx.obj = App(core, symbols)
+    _APP[:] = [ctx.obj]
+
+
+def _register() -> None:
+    from .check import check
+    from .mm import mm_command
+    from .page import page
+    from .rmap import rmap, unstable_tree
+    from .snapshot import diff, snapshot
+    from .stable_tree import stable_tree
+    from .summary import summary
+
+    for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, snapshot, diff):
+        cli.add_command(command)
+
+
+_register()
+
+
+def fail(message: str, code: int = EXIT_CANNOT_INSPECT) -> int:
+    click.echo(f"ksminspect: {message}", err=True)
+    return code
+
+
+_APP: list[App] = []  # the App of this run, for messages after it failed
+
+
+def _truncated_note() -> Optional[str]:
+    if _APP and _APP[0]._prog is not None:
+        return _APP[0]._prog.cache.get("ksminspect_truncated")
+    return None
+
+
+def run(argv: Optional[Sequence[str]] = None, app: Optional[App] = None) -> int:
+    """Run one ksminspect command line; returns its exit code. Every error
+    ends here as one sentence on stderr."""
+    import logging
+
+    import drgn
+
+    # drgn logs each missing debug file; ksminspect says it once, in its words.
+    logging.getLogger("drgn").setLevel(logging.CRITICAL)
+    try:
+        rv = cli.main(args=argv, prog_name="ksminspect", standalone_mode=False, obj=app)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        return fail("aborted", 130)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except KsmInspectError as e:
+        return fail(str(e), e.exit_code)
+    except drgn.FaultError as e:
+        truncated = _truncated_note()
+        return fail(f"memory the inspection needs cannot be read ({e}); "
+                    + (truncated if truncated else "the dump may be truncated or damaged"))
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away: not an error of ours
+        return 0
+    except Exception as e:  # a bug of ours, or data no check foresaw
+        if os.environ.get("KSMINSPECT_DEBUG"):
+            raise
+        return fail(f"internal error: {type(e).__name__}: {e} (set KSMINSPECT_DEBUG=1 for the "
+                    f"traceback, and please report it)")
+    return rv if isinstance(rv, int) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    sys.exit(run(argv))

@@ -1,0 +1,76 @@
+"""ksminspect page: from a page frame or a process address to KSM."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from .render import emit, format_option, hexaddr
+from .rmap import HEX, fields_json, fields_text
+from .stable_tree import draw, node_json, totals
+
+
+@click.command("page")
+@click.argument("target", type=HEX)
+@click.option("--pid", type=int, help="TARGET is a virtual address in process PID, not a PFN.")
+@format_option
+@click.pass_obj
+def page(app, target: int, pid: Optional[int], fmt: str) -> None:
+    """Is a page KSM? Its stable node, chain and sharers, or its rmap_items.
+
+    TARGET is a page frame number, or with --pid a virtual address in that
+    process. For a page that is not KSM, says so and shows any rmap_item that
+    covers it.
+
+    \b
+    Examples:
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz page 0x33e5
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz page --pid 42 0x7f7540366000
+    """
+    from ksminspect.layout import get_layout
+    from ksminspect.page import inspect_address, inspect_pfn
+
+    prog = app.prog
+    has_offset = get_layout(prog).rmap_item.offset is not None
+    r = inspect_address(prog, pid, target) if pid is not None else inspect_pfn(prog, target)
+    data = {
+        "pfn": r.pfn if r.pfn >= 0 else None,
+        "page": hexaddr(r.page) if r.page else None,
+        "mapping": hexaddr(r.mapping) if r.page else None,
+        "pid": r.pid,
+        "address": hexaddr(r.address),
+        "ksm": r.is_ksm,
+        "stable_node": hexaddr(r.stable_node),
+        "node": node_json(r.entry) if r.entry else None,
+        "chain": hexaddr(r.chain.node) if r.chain else None,
+        "items": [{"item": hexaddr(i.address), "mm": hexaddr(i.mm),
+                   "page_address": hexaddr(i.page_address), "state": i.state.value,
+                   "fields": fields_json(i.meaningful(has_offset))} for i in r.items],
+    }
+
+    def table() -> None:
+        where = f"pid {r.pid} address {r.address:#x}" if r.pid is not None else ""
+        if r.pfn < 0:
+            click.echo(f"{where}: not mapped to a page")
+        elif r.is_ksm:
+            click.echo(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is a KSM page; "
+                       f"page->mapping points at stable node {r.stable_node:#x}")
+            if r.entry is None:
+                click.echo("that stable node is in no stable tree and not on migrate_nodes")
+            else:
+                if r.chain is not None:
+                    click.echo(f"it is a dup of chain {r.chain.node:#x} "
+                               f"({len(r.chain.dups)} dups)")
+                draw({r.entry.tree_nid if r.entry.tree_nid is not None else 0: [r.entry]}, [],
+                     totals([r.entry]))
+        else:
+            click.echo(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is not a KSM page "
+                       f"(page->mapping {r.mapping:#x})")
+        for i in r.items:
+            click.echo(f"rmap_item {i.address:#x} covers it: {i.state.value} "
+                       f"{fields_text(i.meaningful(has_offset))}")
+        if not r.items and not r.is_ksm:
+            click.echo("no rmap_item covers it")
+
+    emit(fmt, data, table)

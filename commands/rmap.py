@@ -1,0 +1,196 @@
+"""ksminspect rmap and unstable-tree: rmap_items with their unions decoded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterator, Optional
+
+import click
+
+from .render import emit, emit_table, format_option, hexaddr, progress
+
+
+class Hex(click.ParamType):
+    name = "ADDRESS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value, 0)
+        except ValueError:
+            self.fail(f"{value!r} is not an address (e.g. 0xffff888012345678)", param, ctx)
+
+
+HEX = Hex()
+
+
+def fields_json(fields: dict[str, Any]) -> dict[str, Any]:
+    from ksminspect.decode import POINTER_FIELDS
+
+    return {k: hexaddr(v) if k in POINTER_FIELDS else v for k, v in fields.items()}
+
+
+def fields_text(fields: dict[str, Any]) -> str:
+    from ksminspect.decode import POINTER_FIELDS
+
+    return " ".join(f"{k}={v:#x}" if k in POINTER_FIELDS or k == "offset" else f"{k}={v}"
+                    for k, v in fields.items())
+
+
+def item_json(item, owner, has_offset: bool, all_fields: bool) -> dict[str, Any]:
+    out = {
+        "item": hexaddr(item.address),
+        "mm": hexaddr(item.mm),
+        "pid": owner.pid if owner else None,
+        "comm": owner.comm if owner else None,
+        "page_address": hexaddr(item.page_address),
+        "state": item.state.value,
+        "seqnr": item.seqnr if item.state.value == "unstable" else None,
+        "fields": fields_json(item.meaningful(has_offset)),
+    }
+    if all_fields:
+        out["other"] = fields_json(item.other(has_offset))
+    return out
+
+
+def stream_json(key: str, records: Iterator[dict[str, Any]], extra: dict[str, Any]) -> None:
+    """{"<key>": [...], ...extra}, written as the records come."""
+    out = sys.stdout
+    out.write("{\n  " + json.dumps(key) + ": [")
+    first = True
+    for r in records:
+        out.write(("\n    " if first else ",\n    ") + json.dumps(r))
+        first = False
+    out.write("\n  ]")
+    for k, v in extra.items():
+        out.write(f",\n  {json.dumps(k)}: {json.dumps(v)}")
+    out.write("\n}\n")
+
+
+@click.command("rmap")
+@click.option("--pid", type=int, help="Only the mm of process PID.")
+@click.option("--mm", "mm_addr", type=HEX, help="Only the mm at ADDRESS.")
+@click.option("--state", type=click.Choice(["stable", "unstable", "none", "both"]),
+              help="Only items in this state (by STABLE_FLAG/UNSTABLE_FLAG).")
+@click.option("--all-fields", is_flag=True,
+              help="Also show every union member under the interpretation the state does not mean.")
+@format_option
+@click.pass_obj
+def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
+         all_fields: bool, fmt: str) -> None:
+    """The rmap_items of each mm, in scan order, with decoded unions.
+
+    A stable item shows anon_vma, head and hlist (and the seed's page offset
+    on kernels that have it); an unstable item its nid, seqnr and rb_node; every
+    item not stable its oldchecksum, age and remaining_skips.
+
+    \b
+    Example:
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz rmap --pid 42 --state none --all-fields
+    """
+    from ksminspect.mm import mm_owner
+    from ksminspect.walk import WalkDamage, walker
+
+    prog = app.prog
+    w = walker(prog)
+    has_offset = w.layout.rmap_item.offset is not None
+    damage: list[str] = []
+
+    def items() -> Iterator[tuple[Any, Any]]:
+        try:
+            for slot in w.for_each_mm_slot():
+                mm, first = w.mm_slot(slot)
+                if mm_addr is not None and mm != mm_addr:
+                    continue
+                owner = mm_owner(prog, mm)
+                if pid is not None and owner.pid != pid:
+                    continue
+                try:
+                    for item in w.for_each_rmap_item(first, slot):
+                        if state is None or item.state.value == state:
+                            yield item, owner
+                except WalkDamage as e:
+                    damage.append(e.damage.sentence())
+        except WalkDamage as e:
+            damage.append(e.damage.sentence())
+
+    if fmt == "json":
+        stream_json("items", (item_json(i, o, has_offset, all_fields) for i, o in items()),
+                    {"damage": damage})
+        return
+    rows = []
+    for item, owner in progress(items(), "rmap_items"):
+        row = [f"{item.address:#x}", owner.pid if owner.pid is not None else "-",
+               f"{item.page_address:#x}", item.state.value,
+               fields_text(item.meaningful(has_offset))]
+        if all_fields:
+            row.append(fields_text(item.other(has_offset)))
+        rows.append(row)
+    emit_table(rows, ["item", "pid", "page address", "state", "fields"]
+               + (["other interpretation"] if all_fields else []))
+    for d in damage:
+        click.echo(f"walk damage: {d}", err=True)
+
+
+@click.command("unstable-tree")
+@format_option
+@click.pass_obj
+def unstable_tree(app, fmt: str) -> None:
+    """The unstable trees (root_unstable_tree[nid]) in tree order.
+
+    Each node is an rmap_item with UNSTABLE_FLAG: its seqnr (low bits of the
+    full scan that inserted it), age, checksum and owner. Between two passes
+    the trees still hold the last pass's items (seqnr one behind full_scans).
+
+    \b
+    Example:
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz unstable-tree --format json
+    """
+    from ksminspect.mm import mm_owner
+    from ksminspect.walk import WalkDamage, walker
+
+    prog = app.prog
+    w = walker(prog)
+    trees = []
+    damage = []
+    for nid, root in w.unstable_tree_roots():
+        items = []
+        try:
+            for item in w.for_each_unstable_item(root):
+                items.append(item)
+        except WalkDamage as e:
+            damage.append(e.damage.sentence())
+        trees.append((nid, items))
+    from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
+
+    cursor = read_scan_cursor(prog)
+    seqnr = cursor.seqnr
+    tree_seqnr = unstable_tree_seqnr(prog, cursor)
+    data = {
+        "seqnr": seqnr,
+        "tree_seqnr": tree_seqnr,
+        "trees": [{"nid": nid, "items": [
+            {"item": hexaddr(i.address), "mm": hexaddr(i.mm), "pid": mm_owner(prog, i.mm).pid,
+             "comm": mm_owner(prog, i.mm).comm, "page_address": hexaddr(i.page_address),
+             "state": i.state.value, "seqnr": i.seqnr, "nid": i.nid, "age": i.age,
+             "oldchecksum": i.oldchecksum} for i in items]} for nid, items in trees],
+        "damage": damage,
+    }
+
+    def table() -> None:
+        for nid, items in trees:
+            click.echo(f"root_unstable_tree[{nid}]: {len(items)} items "
+                       f"(full_scans {seqnr}; the tree holds seqnr {tree_seqnr})")
+            emit_table([[f"{i.address:#x}", mm_owner(prog, i.mm).pid, mm_owner(prog, i.mm).comm,
+                         f"{i.page_address:#x}", i.seqnr, "-" if i.age is None else i.age,
+                         f"{i.oldchecksum:#010x}"] + ([] if i.nid is None else [i.nid])
+                        for i in items],
+                       ["item", "pid", "comm", "page address", "seqnr", "age", "oldchecksum"]
+                       + (["nid"] if w.layout.numa else []))
+            click.echo()
+        for d in damage:
+            click.echo(f"walk damage: {d}", err=True)
+
+    emit(fmt, data, table)

@@ -1,0 +1,183 @@
+"""ksminspect snapshot and diff: the whole decoded state as JSON, and what
+changed between two snapshots (around a selftest run, say)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from .render import emit, emit_table, format_option, hexaddr
+
+SNAPSHOT_VERSION = 1
+
+
+def take_snapshot(app) -> dict[str, Any]:
+    from ksminspect.checks import check_live, run_checks
+    from ksminspect.counters import read_counters, read_tunables
+    from ksminspect.mm import for_each_mm_slot
+    from ksminspect.program import kernel_release
+    from ksminspect.stable import for_each_stable_tree_node
+    from ksminspect.walk import WalkDamage, walker
+
+    from ksminspect.scan import read_scan_cursor
+
+    from .check import finding_json
+    from .mm import cursor_json, mm_slot_json
+
+    prog = app.prog
+    w = walker(prog)
+    cursor = read_scan_cursor(prog)
+    damage: list[str] = []
+    slots, items = [], []
+    try:
+        for s in for_each_mm_slot(prog):
+            slots.append(mm_slot_json(s, cursor))
+            try:
+                for i in w.for_each_rmap_item(w.mm_slot(s.slot)[1], s.slot):
+                    items.append({"item": hexaddr(i.address), "pid": s.owner.pid,
+                                  "comm": s.owner.comm, "mm": hexaddr(i.mm),
+                                  "page_address": hexaddr(i.page_address), "state": i.state.value})
+            except WalkDamage as e:
+                damage.append(e.damage.sentence())
+    except WalkDamage as e:
+        damage.append(e.damage.sentence())
+    pages = []
+    try:
+        for e in for_each_stable_tree_node(prog):
+            for p in e.dups or [e]:
+                pages.append({"node": hexaddr(p.node), "kind": p.kind.value, "kpfn": p.kpfn,
+                              "sharers": [[s.pid, hexaddr(s.page_address)] for s in p.sharers]})
+    except WalkDamage as e:
+        damage.append(e.damage.sentence())
+    report = check_live(prog) if app.live else run_checks(prog)
+    return {
+        "ksminspect_snapshot": SNAPSHOT_VERSION,
+        "kernel_release": kernel_release(prog),
+        "live": app.live,
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counters": read_counters(prog),
+        "tunables": read_tunables(prog),
+        "cursor": cursor_json(prog, cursor),
+        "mm_slots": slots,
+        "items": items,
+        "stable_pages": pages,
+        "findings": [finding_json(f) for f in report.findings],
+        "damage": damage,
+    }
+
+
+@click.command("snapshot")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, allow_dash=True))
+@click.pass_obj
+def snapshot(app, file: str) -> None:
+    """Write the full decoded KSM state as JSON to FILE ('-': stdout).
+
+    Counters, tunables, the scan cursor, every mm slot and rmap_item, every
+    stable page with its sharers, and check's findings. Compare two with
+    'ksminspect diff'.
+
+    \b
+    Example:
+      sudo ksminspect snapshot before.json; ./ksm_tests -M; sudo ksminspect snapshot after.json
+    """
+    data = take_snapshot(app)
+    if file == "-":
+        json.dump(data, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        with open(file, "w") as f:
+            json.dump(data, f)
+            f.write("\n")
+        click.echo(f"ksminspect: snapshot of {len(data['items'])} rmap_items and "
+                   f"{len(data['stable_pages'])} stable pages written to {file}", err=True)
+
+
+def _load(path: str) -> dict[str, Any]:
+    from ksminspect.errors import KsmInspectError
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise KsmInspectError(f"{path} cannot be read as a ksminspect snapshot: {e}") from None
+    if not isinstance(data, dict) or data.get("ksminspect_snapshot") != SNAPSHOT_VERSION:
+        raise KsmInspectError(f"{path} is not a ksminspect snapshot (version {SNAPSHOT_VERSION})")
+    return data
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """What changed from snapshot *a* to snapshot *b*."""
+    counters = {k: {"before": a["counters"].get(k), "after": v,
+                    "delta": v - a["counters"].get(k, 0) if isinstance(v, int) else None}
+                for k, v in b["counters"].items() if a["counters"].get(k) != v}
+    procs_a = {(s["pid"], s["comm"]) for s in a["mm_slots"]}
+    procs_b = {(s["pid"], s["comm"]) for s in b["mm_slots"]}
+    state_a = {(i["pid"], i["page_address"]): i["state"] for i in a["items"]}
+    state_b = {(i["pid"], i["page_address"]): i["state"] for i in b["items"]}
+    merged = sorted(k for k, s in state_b.items() if s == "stable" and state_a.get(k) != "stable")
+    unmerged = sorted(k for k, s in state_a.items() if s == "stable" and state_b.get(k) != "stable")
+    keys_a = {(f["check"], f["address"]) for f in a["findings"]}
+    leaked = {
+        "orphans": [f for f in b["findings"] if f["check"] == "orphans" and f["address"]
+                    and (f["check"], f["address"]) not in keys_a],
+        "exited_mm_slots": [s for s in b["mm_slots"] if s["exited"]],
+        "stable_pages_without_sharers": [p for p in b["stable_pages"] if not p["sharers"]],
+    }
+    new_problems = [f for f in b["findings"] if f["severity"] != "info"
+                    and (f["check"], f["address"]) not in keys_a]
+    return {
+        "before": {"taken": a["taken"], "kernel_release": a["kernel_release"]},
+        "after": {"taken": b["taken"], "kernel_release": b["kernel_release"]},
+        "counters": counters,
+        "processes_appeared": [{"pid": p, "comm": c} for p, c in sorted(procs_b - procs_a, key=str)],
+        "processes_gone": [{"pid": p, "comm": c} for p, c in sorted(procs_a - procs_b, key=str)],
+        "merged": [{"pid": p, "page_address": addr} for p, addr in merged],
+        "unmerged": [{"pid": p, "page_address": addr} for p, addr in unmerged],
+        "leaked": leaked,
+        "new_findings": new_problems,
+    }
+
+
+@click.command("diff")
+@click.argument("before", type=click.Path(exists=True, dir_okay=False))
+@click.argument("after", type=click.Path(exists=True, dir_okay=False))
+@format_option
+def diff(before: str, after: str, fmt: str) -> None:
+    """Compare two snapshots: what was merged, unmerged or leaked.
+
+    Needs no kernel: it reads the two JSON files of 'ksminspect snapshot'.
+
+    \b
+    Example:
+      ksminspect diff before.json after.json
+    """
+    d = compare(_load(before), _load(after))
+
+    def table() -> None:
+        click.echo(f"before {d['before']['taken']} ({d['before']['kernel_release']}), "
+                   f"after {d['after']['taken']} ({d['after']['kernel_release']})")
+        emit_table([[k, v["before"], v["after"], v["delta"]] for k, v in d["counters"].items()],
+                   ["counter", "before", "after", "delta"])
+        click.echo()
+        for key in ("processes_appeared", "processes_gone"):
+            names = ", ".join(f"{p['pid']} {p['comm']}" for p in d[key]) or "none"
+            click.echo(f"{key.replace('_', ' ')}: {names}")
+        for key in ("merged", "unmerged"):
+            by_pid: dict = {}
+            for e in d[key]:
+                by_pid[e["pid"]] = by_pid.get(e["pid"], 0) + 1
+            click.echo(f"{key}: {len(d[key])} pages"
+                       + (" (" + ", ".join(f"pid {p}: {n}" for p, n in by_pid.items()) + ")" if by_pid else ""))
+        leaked = d["leaked"]
+        click.echo(f"leaked: {len(leaked['orphans'])} orphaned objects, "
+                   f"{len(leaked['exited_mm_slots'])} mm slots of exited processes, "
+                   f"{len(leaked['stable_pages_without_sharers'])} stable pages without sharers")
+        click.echo(f"new findings (error or warning): {len(d['new_findings'])}")
+        for f in d["new_findings"]:
+            click.echo(f"  {f['severity']} {f['check']}: {f['message']}")
+
+    emit(fmt, d, table)

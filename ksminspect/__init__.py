@@ -1,0 +1,37 @@
+"""ksminspect: inspect kernel samepage merging (KSM) state with drgn.
+
+The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
+
+- :func:`get_layout` -- the kernel's KSM layout, detected from debug info
+- :func:`walker` -- a :class:`Walker` with the kernel's iterators:
+  ``for_each_mm_slot()``, ``mm_slot()``, ``for_each_rmap_item()``,
+  ``stable_tree_roots()``, ``for_each_stable_node()``,
+  ``for_each_stable_node_dup()``, ``for_each_stable_node_rmap_item()``,
+  ``for_each_migrate_node()``, ``unstable_tree_roots()``,
+  ``for_each_unstable_item()``
+- :class:`RmapItem`, :class:`StableNode` -- decoded records
+- :func:`for_each_mm_slot` -- mm slots with owner, counters and items by state
+- :func:`for_each_stable_tree_node` -- stable trees with chains, dups, sharers
+- :func:`read_counters`, :func:`read_tunables`, :func:`walk_counts`
+- :func:`read_scan_cursor`
+- :func:`run_checks` -- every check, as :class:`Finding` records
+"""
+
+__version__ = "0.1.0"
+
+from ksminspect.checks import CHECKS, CheckReport, Finding, Severity, run_checks
+from ksminspect.counters import read_counters, read_tunables, walk_counts
+from ksminspect.decode import ItemState, NodeKind, RmapItem, StableNode
+from ksminspect.layout import KsmLayout, get_layout
+from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_owner
+from ksminspect.scan import ScanCursor, read_scan_cursor
+from ksminspect.stable import Sharer, StableTreeNode, for_each_stable_tree_node
+from ksminspect.walk import Damage, WalkDamage, Walker, walker
+
+__all__ = [
+    "CHECKS", "CheckReport", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
+    "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "StableNode",
+    "StableTreeNode", "WalkDamage", "Walker", "for_each_mm_slot", "for_each_stable_tree_node",
+    "get_layout", "mm_counters", "mm_owner", "read_counters", "read_scan_cursor",
+    "read_tunables", "run_checks", "walk_counts", "walker",
+]

@@ -1,0 +1,186 @@
+"""KSM's global counters and tunables as the kernel's variables hold them,
+keyed by the names of the files in /sys/kernel/mm/ksm, and the same counters
+recomputed by walking ksm_mm_head, the rmap_lists and the stable trees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import drgn
+
+from ksminspect.decode import ItemState
+from ksminspect.mm import mm_counters
+from ksminspect.walk import WalkDamage, Walker, walker
+
+Value = Union[int, str]
+
+
+def _var(name: str) -> Callable[[drgn.Program], Optional[int]]:
+    def read(prog: drgn.Program) -> Optional[int]:
+        try:
+            obj = prog[name]
+        except KeyError:
+            return None
+        if obj.type_.unaliased_kind() == drgn.TypeKind.STRUCT:
+            obj = obj.counter  # atomic_long_t (v6.10)
+        return int(obj.value_())  # bool tunables print as 0/1
+    return read
+
+
+def _full_scans(prog: drgn.Program) -> Optional[int]:
+    return prog["ksm_scan"].seqnr.value_()
+
+
+# sysfs file -> kernel variable, as each *_show() in mm/ksm.c prints it.
+COUNTER_VARIABLES: dict[str, Callable[[drgn.Program], Optional[int]]] = {
+    "pages_shared": _var("ksm_pages_shared"),
+    "pages_sharing": _var("ksm_pages_sharing"),
+    "pages_unshared": _var("ksm_pages_unshared"),
+    "pages_scanned": _var("ksm_pages_scanned"),  # v6.6
+    "pages_skipped": _var("ksm_pages_skipped"),  # v6.7
+    "ksm_zero_pages": _var("ksm_zero_pages"),  # v6.6
+    "stable_node_chains": _var("ksm_stable_node_chains"),  # v4.13
+    "stable_node_dups": _var("ksm_stable_node_dups"),  # v4.13
+    "full_scans": _full_scans,
+    # No sysfs file: pages_volatile and general_profit are derived from it.
+    "rmap_items": _var("ksm_rmap_items"),
+}
+
+TUNABLE_VARIABLES: dict[str, Callable[[drgn.Program], Optional[int]]] = {
+    "run": _var("ksm_run"),
+    "sleep_millisecs": _var("ksm_thread_sleep_millisecs"),
+    "pages_to_scan": _var("ksm_thread_pages_to_scan"),
+    "merge_across_nodes": _var("ksm_merge_across_nodes"),  # CONFIG_NUMA
+    "max_page_sharing": _var("ksm_max_page_sharing"),  # v4.13
+    "stable_node_chains_prune_millisecs": _var("ksm_stable_node_chains_prune_millisecs"),
+    "use_zero_pages": _var("ksm_use_zero_pages"),
+    "smart_scan": _var("ksm_smart_scan"),  # v6.7
+    "advisor_max_cpu": _var("ksm_advisor_max_cpu"),  # v6.8 advisor
+    "advisor_min_pages_to_scan": _var("ksm_advisor_min_pages_to_scan"),
+    "advisor_max_pages_to_scan": _var("ksm_advisor_max_pages_to_scan"),
+    "advisor_target_scan_time": _var("ksm_advisor_target_scan_time"),
+}
+
+
+def _has(prog: drgn.Program, name: str) -> bool:
+    try:
+        prog[name]
+        return True
+    except KeyError:
+        return False
+
+
+def pages_volatile(rmap_items: int, shared: int, sharing: int, unshared: int) -> int:
+    """pages_volatile_show(): what is neither shared, sharing nor unshared."""
+    return max(rmap_items - shared - sharing - unshared, 0)
+
+
+def general_profit(sharing: int, zero_pages: Optional[int], rmap_items: int,
+                   page_size: int, rmap_item_size: int) -> int:
+    """general_profit_show() (v6.4; zero pages count since v6.6)."""
+    return (sharing + (zero_pages or 0)) * page_size - rmap_items * rmap_item_size
+
+
+def read_counters(prog: drgn.Program) -> dict[str, int]:
+    """The counters of /sys/kernel/mm/ksm (and rmap_items) from the kernel's variables."""
+    out = {name: v for name, read in COUNTER_VARIABLES.items() if (v := read(prog)) is not None}
+    out["pages_volatile"] = pages_volatile(out["rmap_items"], out["pages_shared"],
+                                           out["pages_sharing"], out["pages_unshared"])
+    if _has(prog, "general_profit_show"):
+        layout = walker(prog).layout
+        out["general_profit"] = general_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
+                                               out["rmap_items"], layout.page_size,
+                                               layout.rmap_item.size)
+    return out
+
+
+def read_tunables(prog: drgn.Program) -> dict[str, Value]:
+    """The tunables of /sys/kernel/mm/ksm, printed as their *_show() prints them."""
+    out: dict[str, Value] = {name: v for name, read in TUNABLE_VARIABLES.items()
+                             if (v := read(prog)) is not None}
+    try:
+        advisor = prog["ksm_advisor"]  # v6.8, "mm/ksm: add ksm advisor"
+    except KeyError:
+        pass
+    else:
+        scan_time = advisor.value_() == prog.constant("KSM_ADVISOR_SCAN_TIME").value_()
+        out["advisor_mode"] = "none [scan-time]" if scan_time else "[none] scan-time"
+    return out
+
+
+@dataclass
+class WalkedCounts:
+    """Counters recomputed from the structures themselves."""
+
+    rmap_items: int = 0
+    stable_items: int = 0
+    stable_tails: int = 0  # stable items last on their node's hlist: one per shared page
+    unstable_items: int = 0
+    mm_slots: int = 0
+    zero_pages: Optional[int] = None  # sum of mm->ksm_zero_pages
+    stable_node_chains: int = 0
+    stable_node_dups: int = 0
+    damage: list = field(default_factory=list)
+
+    def as_counters(self, prog: drgn.Program, counters: dict[str, int]) -> dict[str, int]:
+        """The walked values under the sysfs names that a walk can recompute."""
+        out = {
+            "rmap_items": self.rmap_items,
+            "pages_shared": self.stable_tails,
+            "pages_sharing": self.stable_items - self.stable_tails,
+            "pages_unshared": self.unstable_items,
+        }
+        out["pages_volatile"] = pages_volatile(self.rmap_items, out["pages_shared"],
+                                               out["pages_sharing"], out["pages_unshared"])
+        if "stable_node_chains" in counters:
+            out["stable_node_chains"] = self.stable_node_chains
+            out["stable_node_dups"] = self.stable_node_dups
+        if "ksm_zero_pages" in counters and self.zero_pages is not None:
+            out["ksm_zero_pages"] = self.zero_pages
+        if "general_profit" in counters:
+            layout = walker(prog).layout
+            out["general_profit"] = general_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
+                                                   self.rmap_items, layout.page_size,
+                                                   layout.rmap_item.size)
+        return out
+
+
+def walk_counts(prog: drgn.Program, w: Optional[Walker] = None) -> WalkedCounts:
+    """Walk ksm_mm_head, every rmap_list and every stable tree, counting."""
+    w = w or walker(prog)
+    counts = WalkedCounts()
+    stable, unstable = ItemState.STABLE, ItemState.UNSTABLE
+    try:
+        for slot in w.for_each_mm_slot():
+            counts.mm_slots += 1
+            mm, first = w.mm_slot(slot)
+            zero = mm_counters(prog, mm).get("ksm_zero_pages")
+            if zero is not None:
+                counts.zero_pages = (counts.zero_pages or 0) + zero
+            n = 0
+            try:
+                for item in w.for_each_rmap_item(first, slot):
+                    n += 1
+                    if item.state is stable:
+                        counts.stable_items += 1
+                        if not item.hlist_next:
+                            counts.stable_tails += 1
+                    elif item.state is unstable:
+                        counts.unstable_items += 1
+            except WalkDamage as e:
+                counts.damage.append(e.damage)
+            counts.rmap_items += n
+    except WalkDamage as e:
+        counts.damage.append(e.damage)
+    for _, root in w.stable_tree_roots():
+        try:
+            for node in w.for_each_stable_node(root):
+                if node.is_chain:
+                    counts.stable_node_chains += 1
+                    for _ in w.for_each_stable_node_dup(node):
+                        counts.stable_node_dups += 1
+        except WalkDamage as e:
+            counts.damage.append(e.damage)
+    return counts
+

@@ -1,0 +1,298 @@
+"""The one place that knows how KSM's structures look in each kernel.
+
+Everything is detected from the debug info (types, members, symbols), never
+from the kernel version, because distributions backport. Each variant names
+the upstream change that introduced it. The answer is computed once per
+program and kept in ``prog.cache``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+
+from ksminspect.errors import NoKsmError
+
+# mm/ksm.c #defines; not in DWARF, unchanged since they were introduced.
+SEQNR_MASK = 0x0FF  # low bits of the unstable tree seqnr
+UNSTABLE_FLAG = 0x100  # is a node of the unstable tree
+STABLE_FLAG = 0x200  # is listed from the stable tree
+STABLE_NODE_CHAIN = -1024  # rmap_hlist_len of a chain head (v4.13)
+MAX_REMAINING_SKIPS = 8  # skip_age() never returns more (v6.7)
+
+# Names the seed series gave the page offset it overlays on the unstable-only
+# fields: "vm_pgoff" (v4), "pgoff" (v7), "linear_page_index" (v8).
+OFFSET_MEMBER_NAMES = ("vm_pgoff", "pgoff", "linear_page_index")
+
+
+def _offset(type_: drgn.Type, member: str) -> Optional[int]:
+    try:
+        return drgn.offsetof(type_, member)
+    except LookupError:
+        return None
+
+
+def _member_size(type_: drgn.Type, member: str) -> Optional[int]:
+    try:
+        return drgn.sizeof(type_.member(member).type)
+    except LookupError:
+        return None
+
+
+def _find_type(prog: drgn.Program, *names: str) -> Optional[drgn.Type]:
+    for name in names:
+        try:
+            return prog.type(name)
+        except LookupError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class RmapItemLayout:
+    """``struct ksm_rmap_item`` (``struct rmap_item`` before v6.2's
+    "ksm: add the ksm prefix to the names of the ksm private structures")."""
+
+    type_name: str
+    size: int
+    rmap_list: int
+    anon_vma: int
+    mm: int
+    address: int
+    oldchecksum: int
+    node: int  # struct rb_node, when in the unstable tree
+    head: int  # struct ksm_stable_node *, when stable
+    hlist: int  # struct hlist_node, when stable
+    nid: Optional[int]  # CONFIG_NUMA ("ksm: allow trees per NUMA node", v3.9)
+    age: Optional[int]  # smart scan ("mm/ksm: add smart page scanning mode", v6.7)
+    remaining_skips: Optional[int]  # smart scan, v6.7
+    offset_member: Optional[str]  # the seed's page offset, under its name
+    offset: Optional[int]
+    offset_size: Optional[int]
+
+
+@dataclass(frozen=True)
+class StableNodeLayout:
+    """``struct ksm_stable_node`` (``struct stable_node`` before v6.2)."""
+
+    type_name: str
+    size: int
+    node: int  # struct rb_node, when in a stable tree
+    head: int  # struct list_head *: &migrate_nodes or STABLE_NODE_DUP_HEAD
+    list: int  # struct list_head, on migrate_nodes
+    hlist: int  # struct hlist_head: rmap_items, or a chain's dups
+    kpfn: int
+    rmap_hlist_len: Optional[int]  # v4.13, with chains
+    hlist_dup: Optional[int]  # v4.13, "ksm: introduce ksm_max_page_sharing ..."
+    nid: Optional[int]  # CONFIG_NUMA
+
+    @property
+    def has_chains(self) -> bool:
+        return self.hlist_dup is not None
+
+
+@dataclass(frozen=True)
+class MmSlotLayout:
+    """The per-mm slot on ``ksm_mm_head``.
+
+    v6.2's "ksm: convert to use common struct mm_slot" made it
+    ``struct ksm_mm_slot { struct mm_slot slot; rmap_list; }`` with
+    ``slot.mm_node``/``slot.mm``; before, ``struct mm_slot { link; mm_list;
+    rmap_list; mm; }`` private to mm/ksm.c.
+    """
+
+    type_name: str
+    size: int
+    mm_node: int  # struct list_head on ksm_mm_head
+    mm: int
+    rmap_list: int
+
+
+@dataclass(frozen=True)
+class MmStructLayout:
+    """KSM's counters in ``struct mm_struct``."""
+
+    ksm_rmap_items: Optional[int]  # v6.1, "ksm: count allocated ksm rmap_items for each process"
+    ksm_merging_pages: Optional[int]  # v5.19, "ksm: count ksm merging pages for each process"
+    ksm_zero_pages: Optional[int]  # v6.6, "ksm: add ksm zero pages for each process"
+    ksm_zero_pages_atomic: bool  # v6.10, "mm/ksm: fix ksm_zero_pages accounting"
+    owner: Optional[int]  # CONFIG_MEMCG
+    mm_users: int
+    flags: int  # mm->flags (a bitmap struct in newer kernels: its first word)
+
+
+@dataclass(frozen=True)
+class KsmLayout:
+    rmap_item: RmapItemLayout
+    stable_node: StableNodeLayout
+    mm_slot: MmSlotLayout
+    mm_struct: MmStructLayout
+    pointer_size: int
+    little_endian: bool
+    page_shift: int
+    numa: bool
+    ksm_mm_head: int  # address of the list_head that ksm_mm_head's slots hang on
+    migrate_nodes: Optional[int]  # address of LIST_HEAD(migrate_nodes), v3.9
+    vm_mergeable: int  # VM_MERGEABLE mask of vma->vm_flags
+    mmf_vm_merge_any: Optional[int]  # bit of mm->flags: the mm merges every VMA (v6.4)
+
+    @property
+    def page_size(self) -> int:
+        return 1 << self.page_shift
+
+    @property
+    def page_mask(self) -> int:
+        return ~(self.page_size - 1) & ((1 << (8 * self.pointer_size)) - 1)
+
+    @property
+    def stable_node_dup_head(self) -> Optional[int]:
+        """``STABLE_NODE_DUP_HEAD``: ``&migrate_nodes.prev``."""
+        if self.migrate_nodes is None:
+            return None
+        return self.migrate_nodes + self.pointer_size
+
+    @property
+    def word(self) -> str:
+        return ("<" if self.little_endian else ">") + ("Q" if self.pointer_size == 8 else "I")
+
+
+def _rmap_item_layout(prog: drgn.Program) -> RmapItemLayout:
+    t = _find_type(prog, "struct ksm_rmap_item", "struct rmap_item")
+    if t is None:
+        raise NoKsmError("this kernel has no KSM: neither struct ksm_rmap_item nor "
+                         "struct rmap_item is in its debug info (CONFIG_KSM is off)")
+    offset_member = next((m for m in OFFSET_MEMBER_NAMES if t.has_member(m)), None)
+    return RmapItemLayout(
+        type_name=t.tag or "",
+        size=drgn.sizeof(t),
+        rmap_list=drgn.offsetof(t, "rmap_list"),
+        anon_vma=drgn.offsetof(t, "anon_vma"),
+        mm=drgn.offsetof(t, "mm"),
+        address=drgn.offsetof(t, "address"),
+        oldchecksum=drgn.offsetof(t, "oldchecksum"),
+        node=drgn.offsetof(t, "node"),
+        head=drgn.offsetof(t, "head"),
+        hlist=drgn.offsetof(t, "hlist"),
+        nid=_offset(t, "nid"),
+        age=_offset(t, "age"),
+        remaining_skips=_offset(t, "remaining_skips"),
+        offset_member=offset_member,
+        offset=_offset(t, offset_member) if offset_member else None,
+        offset_size=_member_size(t, offset_member) if offset_member else None,
+    )
+
+
+def _stable_node_layout(prog: drgn.Program) -> StableNodeLayout:
+    t = _find_type(prog, "struct ksm_stable_node", "struct stable_node")
+    if t is None:
+        raise NoKsmError("this kernel's debug info has no struct ksm_stable_node")
+    return StableNodeLayout(
+        type_name=t.tag or "",
+        size=drgn.sizeof(t),
+        node=drgn.offsetof(t, "node"),
+        head=drgn.offsetof(t, "head"),
+        list=drgn.offsetof(t, "list"),
+        hlist=drgn.offsetof(t, "hlist"),
+        kpfn=drgn.offsetof(t, "kpfn"),
+        rmap_hlist_len=_offset(t, "rmap_hlist_len"),
+        hlist_dup=_offset(t, "hlist_dup"),
+        nid=_offset(t, "nid"),
+    )
+
+
+def _mm_slot_layout(prog: drgn.Program) -> tuple[MmSlotLayout, int]:
+    head = prog["ksm_mm_head"]
+    t = head.type_
+    if t.has_member("slot"):  # v6.2: struct ksm_mm_slot over struct mm_slot
+        slot = drgn.offsetof(t, "slot")
+        inner = t.member("slot").type
+        layout = MmSlotLayout(
+            type_name=t.tag or "ksm_mm_slot",
+            size=drgn.sizeof(t),
+            mm_node=slot + drgn.offsetof(inner, "mm_node"),
+            mm=slot + drgn.offsetof(inner, "mm"),
+            rmap_list=drgn.offsetof(t, "rmap_list"),
+        )
+    else:  # private struct mm_slot { link; mm_list; rmap_list; mm; }
+        layout = MmSlotLayout(
+            type_name=t.tag or "mm_slot",
+            size=drgn.sizeof(t),
+            mm_node=drgn.offsetof(t, "mm_list"),
+            mm=drgn.offsetof(t, "mm"),
+            rmap_list=drgn.offsetof(t, "rmap_list"),
+        )
+    return layout, head.address_ + layout.mm_node
+
+
+def _mm_struct_layout(prog: drgn.Program) -> MmStructLayout:
+    t = prog.type("struct mm_struct")
+    zero = _offset(t, "ksm_zero_pages")
+    atomic = False
+    if zero is not None:
+        zt = t.member("ksm_zero_pages").type
+        atomic = zt.unaliased_kind() == drgn.TypeKind.STRUCT  # atomic_long_t
+    return MmStructLayout(
+        ksm_rmap_items=_offset(t, "ksm_rmap_items"),
+        ksm_merging_pages=_offset(t, "ksm_merging_pages"),
+        ksm_zero_pages=zero,
+        ksm_zero_pages_atomic=atomic,
+        owner=_offset(t, "owner"),
+        mm_users=drgn.offsetof(t, "mm_users"),
+        flags=drgn.offsetof(t, "flags"),
+    )
+
+
+def _address_of(prog: drgn.Program, name: str) -> Optional[int]:
+    try:
+        return prog[name].address_
+    except (KeyError, LookupError):
+        return None
+
+
+def detect_layout(prog: drgn.Program) -> KsmLayout:
+    """Work out every KSM layout fact for *prog* (uncached; see :func:`get_layout`)."""
+    try:
+        prog["ksm_mm_head"]
+    except KeyError:
+        raise NoKsmError("this kernel has no KSM: the symbol ksm_mm_head is missing "
+                         "(CONFIG_KSM is off, or the debug info lacks mm/ksm.c)") from None
+    rmap_item = _rmap_item_layout(prog)
+    mm_slot, mm_head = _mm_slot_layout(prog)
+    try:
+        page_shift = prog["PAGE_SHIFT"].value_()
+    except KeyError:
+        page_shift = 12
+    return KsmLayout(
+        rmap_item=rmap_item,
+        stable_node=_stable_node_layout(prog),
+        mm_slot=mm_slot,
+        mm_struct=_mm_struct_layout(prog),
+        pointer_size=prog.type("void *").size,
+        little_endian=prog.platform.flags & drgn.PlatformFlags.IS_LITTLE_ENDIAN != 0,
+        page_shift=page_shift,
+        numa=rmap_item.nid is not None,
+        ksm_mm_head=mm_head,
+        migrate_nodes=_address_of(prog, "migrate_nodes"),
+        vm_mergeable=_vm_mergeable(prog),
+        mmf_vm_merge_any=30 if _address_of(prog, "ksm_enable_merge_any") is not None else None,
+    )
+
+
+def _vm_mergeable(prog: drgn.Program) -> int:
+    """VM_MERGEABLE: bit 31 since 2.6.32; an enum bit (VMA_MERGEABLE_BIT) where
+    vm_flags became a bitmap of named bits."""
+    try:
+        return 1 << prog.constant("VMA_MERGEABLE_BIT").value_()
+    except LookupError:
+        return 1 << 31
+
+
+def get_layout(prog: drgn.Program) -> KsmLayout:
+    """The :class:`KsmLayout` of *prog*, detected once and cached."""
+    layout = prog.cache.get("ksminspect_layout")
+    if layout is None:
+        layout = prog.cache["ksminspect_layout"] = detect_layout(prog)
+    return layout
+

@@ -1,0 +1,149 @@
+"""The mms KSM scans: their owners and their own KSM counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import drgn
+from drgn.helpers.linux.pid import for_each_task
+
+from ksminspect.layout import get_layout
+
+if TYPE_CHECKING:
+    from ksminspect.walk import Damage
+
+
+@dataclass(frozen=True)
+class MmOwner:
+    """The process that owns an mm, as far as the kernel still knows it."""
+
+    pid: Optional[int]
+    comm: Optional[str]
+    exited: bool  # mm_users == 0: the owner has exited, ksmd has yet to drop the slot
+
+
+def _read_counter(obj: drgn.Object) -> int:
+    if obj.type_.unaliased_kind() == drgn.TypeKind.STRUCT:
+        obj = obj.counter  # atomic_t / atomic_long_t
+    return obj.value_()
+
+
+def mm_counters(prog: drgn.Program, mm: int) -> dict[str, int]:
+    """An mm's own KSM counters, named as in /proc/<pid>/ksm_stat."""
+    layout = get_layout(prog).mm_struct
+    obj = drgn.Object(prog, "struct mm_struct *", mm)[0]
+    out: dict[str, int] = {}
+    try:
+        if layout.ksm_rmap_items is not None:
+            out["ksm_rmap_items"] = obj.ksm_rmap_items.value_()
+        if layout.ksm_zero_pages is not None:
+            out["ksm_zero_pages"] = _read_counter(obj.ksm_zero_pages)
+        if layout.ksm_merging_pages is not None:
+            out["ksm_merging_pages"] = obj.ksm_merging_pages.value_()
+    except drgn.FaultError:
+        return out
+    if "ksm_rmap_items" in out and _has_process_profit(prog):
+        out["ksm_process_profit"] = ksm_process_profit(
+            out["ksm_merging_pages"], out.get("ksm_zero_pages"), out["ksm_rmap_items"],
+            get_layout(prog).page_size, get_layout(prog).rmap_item.size)
+    return out
+
+
+def _has_process_profit(prog: drgn.Program) -> bool:
+    try:
+        prog["ksm_process_profit"]  # v6.4, "mm: add new api to enable ksm per process"
+        return True
+    except KeyError:
+        return False
+
+
+def ksm_process_profit(merging: int, zero_pages: Optional[int], rmap_items: int,
+                       page_size: int, rmap_item_size: int) -> int:
+    """ksm_process_profit(): zero pages count since v6.6."""
+    return (merging + (zero_pages or 0)) * page_size - rmap_items * rmap_item_size
+
+
+def _owners_by_task_walk(prog: drgn.Program) -> dict[int, tuple[int, str]]:
+    owners: dict[int, tuple[int, str]] = {}
+    for task in for_each_task(prog):
+        try:
+            mm = task.mm.value_()
+            if not mm:
+                continue
+            tgid = task.tgid.value_()
+            if mm not in owners or tgid == task.pid.value_():
+                owners[mm] = (tgid, task.comm.string_().decode(errors="replace"))
+        except drgn.FaultError:
+            continue
+    return owners
+
+
+def mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
+    """pid and comm of the process owning *mm* (``struct mm_struct *``):
+    ``mm->owner`` where CONFIG_MEMCG has it, else a walk of the tasks; and
+    whether it has exited. Looked up once per mm and program; unknown (all
+    None) where the memory cannot be read."""
+    owners = prog.cache.setdefault("ksminspect_owner_by_mm", {})
+    owner = owners.get(mm)
+    if owner is None:
+        try:
+            owner = _mm_owner(prog, mm)
+        except drgn.FaultError:
+            owner = MmOwner(None, None, False)
+        owners[mm] = owner
+    return owner
+
+
+def _mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
+    layout = get_layout(prog).mm_struct
+    obj = drgn.Object(prog, "struct mm_struct *", mm)[0]
+    try:
+        exited = _read_counter(obj.mm_users) == 0
+    except drgn.FaultError:
+        exited = False
+    pid = comm = None
+    try:
+        if layout.owner is not None and obj.owner.value_():
+            pid = obj.owner.tgid.value_()
+            comm = obj.owner.comm.string_().decode(errors="replace")
+    except drgn.FaultError:
+        pass
+    if pid is None:
+        owners = prog.cache.get("ksminspect_mm_owners")
+        if owners is None:
+            owners = prog.cache["ksminspect_mm_owners"] = _owners_by_task_walk(prog)
+        if mm in owners:
+            pid, comm = owners[mm]
+    return MmOwner(pid=pid, comm=comm, exited=exited)
+
+
+@dataclass(frozen=True)
+class MmSlot:
+    """One ``struct ksm_mm_slot`` on ``ksm_mm_head``, with what its walk found."""
+
+    slot: int
+    mm: int
+    owner: MmOwner
+    counters: dict[str, int]  # the mm's own, named as in /proc/<pid>/ksm_stat
+    items: dict[str, int]  # rmap_items on its rmap_list, by ItemState value
+    damage: Optional["Damage"]  # why its rmap_list walk stopped early, if it did
+
+
+def for_each_mm_slot(prog: drgn.Program) -> Iterator[MmSlot]:
+    """Every mm slot on ``ksm_mm_head`` in scan order, its rmap_list counted."""
+    from ksminspect.decode import ItemState
+    from ksminspect.walk import WalkDamage, walker
+
+    w = walker(prog)
+    for slot in w.for_each_mm_slot():
+        mm, first = w.mm_slot(slot)
+        items = {s.value: 0 for s in ItemState}
+        damage = None
+        try:
+            for item in w.for_each_rmap_item(first, slot):
+                items[item.state.value] += 1
+        except WalkDamage as e:
+            damage = e.damage
+        yield MmSlot(slot=slot, mm=mm, owner=mm_owner(prog, mm),
+                     counters=mm_counters(prog, mm), items=items, damage=damage)

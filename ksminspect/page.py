@@ -1,0 +1,136 @@
+"""From a page to KSM: is it a KSM page, which stable node, which sharers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
+from drgn.helpers.linux.pid import find_task
+
+from ksminspect.decode import RmapItem
+from ksminspect.errors import KsmInspectError
+from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
+from ksminspect.walk import WalkDamage, walker
+
+# PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE (FOLIO_MAPPING_* in newer kernels):
+# page->mapping of a KSM page is its stable node with these low bits set.
+PAGE_MAPPING_FLAGS = 0x3
+PAGE_MAPPING_KSM = 0x3
+
+
+@dataclass
+class PageReport:
+    pfn: int
+    page: int  # struct page *
+    mapping: int
+    stable_node: Optional[int]  # the node page->mapping points at, for a KSM page
+    entry: Optional[StableTreeNode]  # that node as found in a tree (a dup: its chain)
+    chain: Optional[StableTreeNode]
+    items: list[RmapItem]  # rmap_items covering the page when it is not KSM
+    pid: Optional[int] = None
+    address: Optional[int] = None
+
+    @property
+    def is_ksm(self) -> bool:
+        return self.stable_node is not None
+
+
+def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
+    """``(struct page *, page->mapping)`` of *pfn*."""
+    page = pfn_to_page(prog, pfn)
+    try:
+        return page.value_(), page.mapping.value_()
+    except drgn.FaultError:
+        raise KsmInspectError(f"pfn {pfn:#x} has no readable struct page") from None
+
+
+def _find_node(prog: drgn.Program, node: int) -> tuple[Optional[StableTreeNode], Optional[StableTreeNode]]:
+    """The tree entry for stable node *node*, and the chain if it is a dup."""
+    try:
+        for e in for_each_stable_tree_node(prog):
+            if e.node == node:
+                return e, None
+            for d in e.dups:
+                if d.node == node:
+                    return d, e
+    except WalkDamage:
+        pass
+    return None, None
+
+
+def _items_at(prog: drgn.Program, mm: int, address: int) -> list[RmapItem]:
+    w = walker(prog)
+    found = []
+    try:
+        for slot in w.for_each_mm_slot():
+            slot_mm, first = w.mm_slot(slot)
+            if slot_mm != mm:
+                continue
+            for item in w.for_each_rmap_item(first, slot):
+                if item.page_address == address:
+                    found.append(item)
+    except WalkDamage:
+        pass
+    return found
+
+
+def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapItem]:
+    """rmap_items whose address maps *pfn*: candidates by the page's linear
+    index (anonymous pages keep index == address >> PAGE_SHIFT unless moved by
+    mremap), each confirmed through the page tables."""
+    w = walker(prog)
+    address = index << w.layout.page_shift
+    found = []
+    try:
+        for slot in w.for_each_mm_slot():
+            mm, first = w.mm_slot(slot)
+            for item in w.for_each_rmap_item(first, slot):
+                if item.page_address != address:
+                    continue
+                try:
+                    mapped = follow_pfn(drgn.Object(prog, "struct mm_struct *", mm), address)
+                except (drgn.FaultError, ValueError):
+                    continue
+                if mapped is not None and mapped.value_() == pfn:
+                    found.append(item)
+    except WalkDamage:
+        pass
+    return found
+
+
+def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
+    page, mapping = page_mapping(prog, pfn)
+    if mapping & PAGE_MAPPING_FLAGS == PAGE_MAPPING_KSM:
+        node = mapping & ~PAGE_MAPPING_FLAGS
+        entry, chain = _find_node(prog, node)
+        return PageReport(pfn, page, mapping, node, entry, chain, [])
+    try:
+        index = pfn_to_page(prog, pfn).index.value_()
+    except (drgn.FaultError, AttributeError, LookupError):
+        index = None
+    items = _items_for_anon_page(prog, pfn, index) if index is not None and mapping & 1 else []
+    return PageReport(pfn, page, mapping, None, None, None, items)
+
+
+def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
+    task = find_task(prog, pid)
+    if not task:
+        raise KsmInspectError(f"no process with pid {pid} in this kernel")
+    mm = task.mm.value_()
+    if not mm:
+        raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")
+    page_address = address & walker(prog).layout.page_mask
+    items = _items_at(prog, mm, page_address)
+    try:
+        pfn = follow_pfn(task.mm, page_address)
+    except (drgn.FaultError, ValueError):
+        pfn = None
+    if pfn is None:
+        report = PageReport(-1, 0, 0, None, None, None, items)
+    else:
+        report = inspect_pfn(prog, pfn.value_())
+        report.items = items
+    report.pid, report.address = pid, page_address
+    return report

@@ -1,0 +1,285 @@
+"""Opening the target: a live kernel through /proc/kcore or a vmcore, with its
+debug info. Compressed dumps and debug files are decompressed once into a
+cache directory."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from typing import Iterable, Optional
+
+import drgn
+
+from ksminspect.errors import TargetError
+
+COMPRESSED_SUFFIXES = (".zst", ".xz", ".gz")
+
+
+def cache_dir() -> str:
+    base = os.environ.get("KSMINSPECT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ksminspect")
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def _decompress_to(src: str, dst: str) -> None:
+    if src.endswith(".zst"):
+        try:
+            import zstandard  # type: ignore[import-not-found]
+        except ImportError:
+            zstandard = None
+        if zstandard is not None:
+            with open(src, "rb") as fi, open(dst, "wb") as fo:
+                zstandard.ZstdDecompressor().copy_stream(fi, fo)
+            return
+        if shutil.which("zstd") is None:
+            raise TargetError(f"{src} is zstd-compressed; install zstd (Debian: apt install zstd) "
+                              f"or the Python package zstandard, or decompress it yourself")
+        res = subprocess.run(["zstd", "-q", "-d", "-f", "-o", dst, src],
+                             stderr=subprocess.PIPE, text=True)
+        if res.returncode:
+            raise TargetError(f"{src} could not be decompressed: "
+                              f"{res.stderr.strip() or 'zstd failed'}")
+        return
+    opener = lzma.open if src.endswith(".xz") else gzip.open
+    try:
+        with opener(src, "rb") as fi, open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise TargetError(f"{src} could not be decompressed: {e}") from None
+
+
+def decompressed(path: str) -> str:
+    """*path* itself, or its decompressed copy in the cache if it ends in
+    .zst, .xz or .gz. The copy is keyed by path, size and mtime."""
+    if not path.endswith(COMPRESSED_SUFFIXES):
+        return path
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TargetError(f"cannot open {path}: {e.strerror}") from None
+    key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    base = os.path.basename(path).rsplit(".", 1)[0]
+    out = os.path.join(cache_dir(), f"{key}-{base}")
+    if os.path.exists(out):
+        return out
+    fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix=".partial-")
+    os.close(fd)
+    try:
+        _decompress_to(path, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+PT_LOAD = 1
+
+
+def elf_program_headers(path: str) -> Optional[list[tuple[int, int, int, int]]]:
+    """``(p_type, p_paddr, p_offset, p_filesz)`` of each program header of an
+    ELF64 file; None if it is not ELF64. Raises EOFError if the file ends
+    inside its headers."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+            return None
+        end = "<" if head[5] == 1 else ">"
+        phoff, = struct.unpack_from(end + "Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    if len(table) < phentsize * phnum:
+        raise EOFError("the file ends inside its program headers")
+    out = []
+    for i in range(phnum):
+        p_type, _, p_offset, _, p_paddr, p_filesz = struct.unpack_from(
+            end + "IIQQQQ", table, i * phentsize)
+        out.append((p_type, p_paddr, p_offset, p_filesz))
+    return out
+
+
+def truncation(path: str) -> Optional[str]:
+    """Why an ELF core is shorter than its program headers say, or None."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "it is empty"
+        if size < 64:
+            return f"it has only {size} bytes"
+        headers = elf_program_headers(path)
+    except EOFError:
+        return f"it is truncated inside its program headers ({size} bytes)"
+    except OSError:
+        return None
+    if headers is None:
+        return None
+    need = max((offset + filesz for _, _, offset, filesz in headers), default=0)
+    if need > size:
+        return f"it is truncated: {size} bytes of the {need} its program headers describe"
+    return None
+
+
+def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drgn.Program:
+    """A :class:`drgn.Program` for the vmcore *core* (compressed is fine), or
+    for the running kernel when *core* is None, with debug info loaded from
+    *symbols* or by drgn's default search."""
+    prog = drgn.Program()
+    if core is None:
+        _open_live(prog)
+    else:
+        path = decompressed(core)
+        try:
+            prog.set_core_dump(path)
+        except Exception as e:  # drgn reports libelf errors as plain Exception
+            why = truncation(path) or str(e)
+            raise TargetError(f"{core} cannot be read as a kernel core dump: {why}") from None
+        why = truncation(path)
+        if why:
+            prog.cache["ksminspect_truncated"] = f"{core}: {why}"
+    given = list(symbols)
+    files = [decompressed(s) for s in given]
+    detail = ""
+    try:
+        if files:
+            prog.load_debug_info(files, main=True)
+        else:
+            prog.load_default_debug_info()
+    except drgn.MissingDebugInfoError as e:
+        detail = str(e)
+    if not _has_kernel_types(prog):
+        raise TargetError(_missing_debug_info_message(prog, dict(zip(given, files)), detail))
+    return prog
+
+
+def _open_live(prog: drgn.Program) -> None:
+    if not os.path.exists("/proc/kcore"):
+        raise TargetError("/proc/kcore does not exist: this kernel was built without "
+                          "CONFIG_PROC_KCORE; inspect a vmcore with -c instead")
+    if os.geteuid() != 0:
+        raise TargetError("reading the live kernel needs root (/proc/kcore is readable by root "
+                          "only); run with sudo, or inspect a vmcore with -c")
+    try:
+        _attach_live(prog)
+    except PermissionError as e:
+        raise TargetError(f"/proc/kcore cannot be read ({e.strerror}); kernel lockdown or a "
+                          f"security module may forbid it: inspect a vmcore with -c") from None
+    except (OSError, ValueError) as e:
+        raise TargetError(f"the running kernel cannot be opened: {e}") from None
+
+
+def _attach_live(prog: drgn.Program) -> None:
+    prog.set_kernel()
+
+
+def _has_kernel_types(prog: drgn.Program) -> bool:
+    try:
+        prog.type("struct mm_struct")
+        return True
+    except LookupError:
+        return False
+
+
+# Where ELF32 and ELF64 keep what elf_build_id() reads: the section header
+# table (e_shoff, e_shentsize/e_shnum) and a section's type, offset and size.
+_ELF_CLASS = {
+    1: {"word": "I", "shoff": 0x20, "shnum": 0x2E, "sh_offset": 0x10},
+    2: {"word": "Q", "shoff": 0x28, "shnum": 0x3A, "sh_offset": 0x18},
+}
+
+
+def elf_build_id(path: str) -> Optional[str]:
+    """The GNU build ID note of an ELF file, in hex, or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] not in _ELF_CLASS:
+                return None
+            c = _ELF_CLASS[head[4]]
+            end = "<" if head[5] == 1 else ">"
+            shoff, = struct.unpack_from(end + c["word"], head, c["shoff"])
+            shentsize, shnum = struct.unpack_from(end + "HH", head, c["shnum"])
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            for i in range(shnum):
+                sh = i * shentsize
+                sh_type, = struct.unpack_from(end + "I", table, sh + 4)
+                if sh_type != 7:  # SHT_NOTE
+                    continue
+                offset, size = struct.unpack_from(end + 2 * c["word"], table, sh + c["sh_offset"])
+                f.seek(offset)
+                notes = f.read(min(size, 1 << 16))
+                pos = 0
+                while pos + 12 <= len(notes):
+                    namesz, descsz, ntype = struct.unpack_from(end + "III", notes, pos)
+                    name = notes[pos + 12:pos + 12 + namesz]
+                    desc_at = pos + 12 + ((namesz + 3) & ~3)
+                    if ntype == 3 and name.rstrip(b"\0") == b"GNU":  # NT_GNU_BUILD_ID
+                        return notes[desc_at:desc_at + descsz].hex()
+                    pos = desc_at + ((descsz + 3) & ~3)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _kernel_build_id(prog: drgn.Program) -> Optional[str]:
+    try:
+        build_id = prog.main_module().build_id
+    except (LookupError, AttributeError, ValueError):
+        return None
+    return build_id.hex() if build_id else None
+
+
+def _missing_debug_info_message(prog: drgn.Program, symbols: dict[str, str], detail: str) -> str:
+    """*symbols*: each -s path given -> the file read (its decompressed copy)."""
+    release = kernel_release(prog)
+    if symbols:
+        want = _kernel_build_id(prog)
+        have = {s: elf_build_id(f) for s, f in symbols.items()}
+        other = {s: b for s, b in have.items() if b and want and b != want}
+        if other and len(other) == len(symbols):
+            named = ", ".join(f"{s} (build ID {b})" for s, b in other.items())
+            return (f"the debug info does not belong to this kernel: the dump is of kernel "
+                    f"{release} with build ID {want}, but -s gave {named}")
+        return (f"no usable debug info for kernel {release} in {', '.join(symbols)}"
+                f"{': ' + detail.splitlines()[0] if detail else ''}")
+    return (f"no debug info found for kernel {release}; pass the vmlinux with -s, "
+            f"or install it ({_debug_package_hint(release)})")
+
+
+def kernel_release(prog: drgn.Program) -> str:
+    """The kernel's release string (UTS_RELEASE, or OSRELEASE of vmcoreinfo)."""
+    try:
+        return prog["UTS_RELEASE"].string_().decode()
+    except (KeyError, LookupError, drgn.FaultError, ValueError):
+        pass
+    try:
+        info = prog.vmcoreinfo.decode(errors="replace") if hasattr(prog, "vmcoreinfo") else ""
+        for line in info.splitlines():
+            if line.startswith("OSRELEASE="):
+                return line.split("=", 1)[1]
+    except Exception:  # vmcoreinfo is optional
+        pass
+    return "(unknown release)"
+
+
+def _debug_package_hint(release: str) -> str:
+    try:
+        with open("/etc/os-release") as f:
+            ids = f.read()
+    except OSError:
+        ids = ""
+    if "debian" in ids or "ubuntu" in ids:
+        return f"Debian/Ubuntu: linux-image-{release}-dbg or linux-image-{release}-dbgsym"
+    if "fedora" in ids or "rhel" in ids or "centos" in ids:
+        return f"Fedora/RHEL: dnf debuginfo-install kernel-{release}"
+    if "suse" in ids:
+        return "SUSE: kernel-default-debuginfo"
+    return "your distribution's kernel debug info package"

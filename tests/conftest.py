@@ -1,0 +1,104 @@
+"""Shared fixtures: the committed dumps in vmcores/, each with its truth.
+
+A dump directory holds vmcore.xz and truth.json (the kernel's own counters,
+recorded by the guest just before the dump); truth.json names the kernel
+whose debug info is in vmcores/kernels/<kernel>/vmlinux.debug.xz. Set
+KSMINSPECT_REQUIRE_DUMPS=1 to turn a missing dump into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+VMCORES = Path(__file__).resolve().parent.parent / "vmcores"
+
+
+@dataclass(frozen=True)
+class Dump:
+    name: str
+    vmcore: Path
+    debug: Path
+    truth: dict[str, Any]
+
+    @property
+    def args(self) -> list[str]:
+        """Global CLI options selecting this dump."""
+        return ["-c", str(self.vmcore), "-s", str(self.debug)]
+
+    @property
+    def sysfs(self) -> dict[str, str]:
+        return self.truth["sysfs"]
+
+    @property
+    def processes(self) -> list[dict[str, Any]]:
+        return self.truth["processes"]
+
+
+def find_dumps() -> list[Dump]:
+    dumps = []
+    for truth_path in sorted(VMCORES.glob("*/truth.json")):
+        truth = json.loads(truth_path.read_text())
+        dumps.append(Dump(
+            name=truth_path.parent.name,
+            vmcore=truth_path.parent / "vmcore.xz",
+            debug=VMCORES / "kernels" / truth["kernel"] / "vmlinux.debug.xz",
+            truth=truth,
+        ))
+    return dumps
+
+
+ALL_DUMPS = find_dumps()
+# Dumps of kernels with KSM; a kernel built without it records no sysfs files.
+DUMPS = [d for d in ALL_DUMPS if d.sysfs]
+NO_KSM_DUMPS = [d for d in ALL_DUMPS if not d.sysfs]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dump" in metafunc.fixturenames:
+        metafunc.parametrize("dump", DUMPS, ids=[d.name for d in DUMPS])
+    if "noksm_dump" in metafunc.fixturenames:
+        metafunc.parametrize("noksm_dump", NO_KSM_DUMPS, ids=[d.name for d in NO_KSM_DUMPS])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_dumps() -> None:
+    if os.environ.get("KSMINSPECT_REQUIRE_DUMPS") and not DUMPS:
+        pytest.fail(f"no dumps under {VMCORES} and KSMINSPECT_REQUIRE_DUMPS is set")
+
+
+_programs: dict[str, Any] = {}
+
+
+def program_of(dump: Dump):
+    """One drgn Program per dump for the whole session."""
+    if dump.name not in _programs:
+        from ksminspect.program import open_program
+
+        _programs[dump.name] = open_program(str(dump.vmcore), [str(dump.debug)])
+    return _programs[dump.name]
+
+
+@pytest.fixture
+def prog(dump: Dump):
+    return program_of(dump)
+
+
+def run_cli(*args: str) -> Any:
+    """Run ksminspect in-process; returns the click Result (exceptions propagate)."""
+    from click.testing import CliRunner
+
+    from ksminspect.commands.main import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_json(*args: str) -> Any:
+    result = run_cli(*args, "--format", "json")
+    assert result.exit_code in (0, 1), result.output
+    return json.loads(result.stdout)

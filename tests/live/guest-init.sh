@@ -1,0 +1,55 @@
+#!/bin/sh
+# PID 1 of the live-kernel test guest. The root file system is the host's,
+# read-only over 9p; paths come from the kernel command line as environment
+# variables (KSMI_*). Runs the kernel's own KSM selftests, starts a KSM
+# workload, then runs ksminspect against this live kernel while ksmd runs.
+# Everything the host needs is printed on the console between markers.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /run
+# /tmp stays the host's (read-only): the paths below may live there.
+export HOME=/run KSMINSPECT_CACHE=/run/cache
+cd /run
+echo "KSMI-BOOTED $(uname -r)"
+ksm=/sys/kernel/mm/ksm
+ksminspect() { "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" "$@"; }
+
+section() {  # section NAME COMMAND...: stdout framed by markers with the exit code
+    name=$1; shift
+    echo "KSMI-BEGIN $name"
+    "$@" 2>/run/stderr
+    echo "KSMI-END $name rc=$?"
+    sed "s/^/KSMI-STDERR $name: /" /run/stderr
+}
+
+section snapshot-before ksminspect snapshot /run/before.json
+
+# The kernel's own KSM selftests, as run_vmtests.sh runs them (the
+# performance runs with 100 MB are left out: too slow under TCG).
+for t in "ksm_tests -M -p 10" "ksm_tests -U" "ksm_tests -Z -p 10 -z 0" \
+         "ksm_tests -Z -p 10 -z 1" "ksm_tests -N -m 1" "ksm_tests -N -m 0" \
+         "ksm_functional_tests"; do
+    # shellcheck disable=SC2086
+    section "selftest $t" timeout 900 "$KSMI_SELFTESTS"/$t
+done
+
+section snapshot-after ksminspect snapshot /run/after.json
+section diff "$KSMI_VENV/bin/ksminspect" diff /run/before.json /run/after.json
+section diff-json "$KSMI_VENV/bin/ksminspect" diff /run/before.json /run/after.json --format json
+
+# A workload that keeps KSM state while ksmd goes on scanning.
+echo 20 >$ksm/sleep_millisecs
+"$KSMI_WORKLOAD" >/run/workload.log 2>&1 &
+i=0
+until grep -q KSMINSPECT-READY /run/workload.log || [ $i -ge 600 ]; do sleep 1; i=$((i + 1)); done
+echo 1 >$ksm/run
+echo 100 >$ksm/pages_to_scan
+echo "KSMI-WORKLOAD ready after ${i}s, full_scans $(cat $ksm/full_scans)"
+
+section check ksminspect check --format json
+section mm ksminspect mm --format json
+section summary ksminspect summary --format json
+section watch timeout --preserve-status -s INT 15 "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" summary --watch 1 --format json
+echo "KSMI-DONE full_scans $(cat $ksm/full_scans)"

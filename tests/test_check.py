@@ -1,0 +1,274 @@
+"""check on every dump, the stale-offset bug on the patched kernel, and
+dumps damaged on purpose: each damage yields exactly the expected finding."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import DUMPS, Dump, program_of, run_cli
+from damage import damaged_copy, u32, word
+
+from ksminspect.decode import ItemState
+from ksminspect.layout import STABLE_FLAG, UNSTABLE_FLAG, get_layout
+from ksminspect.walk import walker
+
+BY_NAME = {d.name: d for d in DUMPS}
+
+
+def check_json(dump: Dump, *core: str) -> tuple[int, dict]:
+    args = ["-c", core[0], "-s", str(dump.debug)] if core else dump.args
+    result = run_cli(*args, "check", "--format", "json")
+    import json
+    return result.exit_code, json.loads(result.stdout)
+
+
+def problems(data: dict) -> list[dict]:
+    return [f for f in data["findings"] if f["severity"] != "info"]
+
+
+@pytest.mark.parametrize("healthy", [d for d in DUMPS if "noreset" not in d.name], ids=lambda d: d.name)
+def test_healthy_dump_has_no_error_or_warning(healthy: Dump) -> None:
+    dump = healthy
+    code, data = check_json(dump)
+    assert problems(data) == []
+    assert code == 0
+    assert data["stats"]["rmap_items"] == int(dump.truth["sysfs"].get("pages_volatile", 0)) + \
+        sum(int(dump.sysfs[k]) for k in ("pages_shared", "pages_sharing", "pages_unshared"))
+
+
+def test_stale_offset_found_where_resets_are_skipped() -> None:
+    dump = BY_NAME["7.2-seed-noreset"]
+    work = dump.truth["workload"]
+    pairs_pid = next(p["pid"] for p in dump.processes if p["role"] == "pairs")
+    share0_pid = next(p["pid"] for p in dump.processes if p["role"] == "share" and p["index"] == 0)
+    code, data = check_json(dump)
+    assert code == 1
+    rules = Counter((f["check"], f["rule"]) for f in problems(data))
+    exact = [f for f in data["findings"] if f["rule"] == "exact overlay match"]
+    age = [f for f in data["findings"] if f["rule"] == "age beyond scan history"]
+    # Every written pair left the stable tree without being rescanned: exact.
+    assert len(exact) == work["pairs_written"] == 32
+    assert {f["pid"] for f in exact} == {pairs_pid}
+    # The COW-broken pages of sharer 0 were rescanned: checksum over bytes
+    # 0-3, age 7+1 and remaining_skips 4 left in bytes 4-5.
+    assert {f["pid"] for f in age} == {pairs_pid, share0_pid}
+    assert sum(f["pid"] == share0_pid for f in age) == work["cow_written"] == 8
+    assert set(rules) == {("stale-offset", "exact overlay match"),
+                          ("overlay-garbage", "age beyond scan history")}
+
+
+def test_no_stale_offset_where_resets_run() -> None:
+    dump = BY_NAME["7.2-seed"]
+    code, data = check_json(dump)
+    assert code == 0
+    assert not [f for f in data["findings"] if f["check"] in ("stale-offset", "overlay-garbage", "wrong-offset")]
+    # the same items left the stable tree, keeping only their anon_vma
+    assert sum(f["check"] == "stale-anon-vma" for f in data["findings"]) == \
+        dump.truth["workload"]["pairs_written"] + dump.truth["workload"]["cow_written"]
+
+
+def test_strict_and_only() -> None:
+    dump = BY_NAME["7.2-seed-noreset"]
+    only = run_cli(*dump.args, "check", "--only", "stale-offset", "--format", "json")
+    import json
+    data = json.loads(only.stdout)
+    assert {f["check"] for f in data["findings"]} == {"stale-offset"} and only.exit_code == 1
+    bad = run_cli(*dump.args, "check", "--only", "no-such-check")
+    assert bad.exit_code == 2
+
+
+# -- damage ------------------------------------------------------------------
+
+def _items(dump: Dump, state: ItemState, role: str = "share", index: int | None = None):
+    """The first process of *role* (of *index*, if given) holding items in *state*."""
+    from ksminspect.mm import mm_owner
+
+    prog = program_of(dump)
+    w = walker(prog)
+    pids = [p["pid"] for p in dump.processes
+            if p["role"] == role and index in (None, p.get("index"))]
+    for slot in w.for_each_mm_slot():
+        mm, first = w.mm_slot(slot)
+        if mm_owner(prog, mm).pid in pids:
+            items = list(w.for_each_rmap_item(first, slot))
+            chosen = [i for i in items if i.state is state]
+            if chosen:
+                return prog, w, slot, mm, items, chosen
+    raise AssertionError(f"no {role} process with {state.value} items")
+
+
+def _stable_node(dump: Dump, chain: bool = False):
+    prog = program_of(dump)
+    w = walker(prog)
+    for _, root in w.stable_tree_roots():
+        for node in w.for_each_stable_node(root):
+            if node.is_chain == chain:
+                return prog, w, node
+    raise AssertionError("no such node")
+
+
+def d_rmap_list_wild(dump):
+    prog, w, slot, mm, items, _ = _items(dump, ItemState.NONE)
+    it = items[3]
+    return [(it.address + w.layout.rmap_item.rmap_list, word(0xFFFFC90000000000 - 0x1000))], \
+        {"walk-damage", "global-counters"}, it.address
+
+
+def d_rmap_owner(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE)
+    _, _, _, other_mm, _, _ = _items(dump, ItemState.STABLE, index=2)
+    assert other_mm != mm
+    it = none[0]
+    return [(it.address + w.layout.rmap_item.mm, word(other_mm))], {"rmap-owner"}, it.address
+
+
+def d_rmap_order(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE)
+    it = none[-1]
+    return [(it.address + w.layout.rmap_item.address, word(it.raw_address - 0x100000))], \
+        {"rmap-order"}, it.address
+
+
+def d_rmap_flags(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE)
+    it = none[0]
+    return [(it.address + w.layout.rmap_item.address,
+             word(it.raw_address | STABLE_FLAG | UNSTABLE_FLAG))], {"rmap-flags"}, it.address
+
+
+def d_mm_counter(dump):
+    prog, w, slot, mm, items, _ = _items(dump, ItemState.NONE)
+    off = get_layout(prog).mm_struct.ksm_rmap_items
+    return [(mm + off, word(len(items) + 1))], {"mm-counters"}, mm
+
+
+def d_global_counter(dump):
+    prog = program_of(dump)
+    addr = prog["ksm_pages_shared"].address_
+    return [(addr, word(int(dump.sysfs["pages_shared"]) + 1))], {"global-counters"}, None
+
+
+def d_unstable_seqnr(dump):
+    prog, w, slot, mm, items, unstable = _items(dump, ItemState.UNSTABLE)
+    it = unstable[0]
+    bad = (it.raw_address & ~0xFF) | ((it.seqnr + 7) & 0xFF)
+    return [(it.address + w.layout.rmap_item.address, word(bad))], \
+        {"unstable-seqnr", "unstable-tree"}, it.address
+
+
+def d_stable_head(dump):
+    prog, w, slot, mm, items, stable = _items(dump, ItemState.STABLE)
+    it, other = stable[0], stable[5]
+    return [(it.address + w.layout.rmap_item.head, word(other.head))], {"stable-membership"}, it.address
+
+
+def d_hlist_len(dump):
+    prog, w, node = _stable_node(dump)
+    off = w.layout.stable_node.rmap_hlist_len
+    return [(node.address + off, u32(node.rmap_hlist_len + 1))], {"hlist-len"}, node.address
+
+
+def d_chain_dup_head(dump):
+    prog, w, chain = _stable_node(dump, chain=True)
+    dup = next(w.for_each_stable_node_dup(chain))
+    return [(dup.address + w.layout.stable_node.head, word(w.layout.migrate_nodes))], {"chain"}, dup.address
+
+
+def d_kpfn(dump):
+    prog, w, node = _stable_node(dump)
+    other = next(n for _, r in w.stable_tree_roots() for n in w.for_each_stable_node(r)
+                 if not n.is_chain and n.address != node.address)
+    return [(node.address + w.layout.stable_node.kpfn, word(other.kpfn))], {"kpfn"}, node.address
+
+
+def d_anon_vma(dump):
+    prog, w, slot, mm, items, stable = _items(dump, ItemState.STABLE)
+    it = stable[2]
+    return [(it.address + w.layout.rmap_item.anon_vma, word(mm))], {"anon-vma"}, it.address
+
+
+def d_stale_anon_vma(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE, role="pairs", index=0)
+    it = none[0]
+    return [(it.address + w.layout.rmap_item.anon_vma, word(mm + 8))], {"stale-anon-vma"}, it.address
+
+
+def d_overlay_skips(dump):
+    prog, w, slot, mm, items, unstable = _items(dump, ItemState.UNSTABLE)
+    it = unstable[0]
+    return [(it.address + w.layout.rmap_item.remaining_skips, bytes([200]))], {"overlay-garbage"}, it.address
+
+
+def d_stale_offset(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE)
+    it = none[0]
+    return [(it.address + w.layout.rmap_item.offset, word(it.page_address >> 12))], \
+        {"stale-offset", "overlay-garbage"}, it.address
+
+
+def d_wrong_offset(dump):
+    prog, w, slot, mm, items, stable = _items(dump, ItemState.STABLE)
+    it = stable[1]
+    return [(it.address + w.layout.rmap_item.offset, word(it.offset + 3))], {"wrong-offset"}, it.address
+
+
+def d_vma_not_mergeable(dump):
+    """Clear VM_MERGEABLE on the VMA of a sharer's stable items."""
+    from drgn import Object
+    from drgn.helpers.linux.mm import for_each_vma
+
+    prog, w, slot, mm, items, stable = _items(dump, ItemState.STABLE)
+    address = stable[0].page_address
+    vma = next(v for v in for_each_vma(Object(prog, "struct mm_struct *", mm))
+               if v.vm_start.value_() <= address < v.vm_end.value_())
+    flags = vma.vm_flags.value_() & ~get_layout(prog).vm_mergeable
+    return [(vma.vm_flags.address_, word(flags))], {"vma-mergeable"}, stable[0].address
+
+
+def d_orphan(dump):
+    prog, w, slot, mm, items, none = _items(dump, ItemState.NONE)
+    it = none[1]
+    prev = items[items.index(it) - 1]
+    return [(prev.address + w.layout.rmap_item.rmap_list, word(it.rmap_list))], \
+        {"orphans", "mm-counters", "global-counters"}, it.address
+
+
+DAMAGE: list[tuple[str, Callable]] = [
+    ("6.12-numa", d_rmap_list_wild), ("6.12-numa", d_rmap_owner), ("6.12-numa", d_rmap_order),
+    ("6.12-numa", d_rmap_flags), ("6.12-numa", d_mm_counter), ("6.12-numa", d_global_counter),
+    ("6.12-numa", d_unstable_seqnr), ("6.12-numa", d_stable_head), ("6.12-numa", d_hlist_len),
+    ("6.12-numa", d_chain_dup_head), ("6.12-numa", d_kpfn), ("6.12-numa", d_anon_vma),
+    ("6.12-numa", d_stale_anon_vma), ("6.12-numa", d_overlay_skips), ("6.12-numa", d_orphan),
+    ("6.12-numa", d_vma_not_mergeable),
+    ("7.2-seed", d_stale_offset), ("7.2-seed", d_wrong_offset), ("5.10-chains", d_rmap_order),
+]
+
+
+@pytest.mark.parametrize("name,damage", DAMAGE, ids=[f"{n}-{d.__name__[2:]}" for n, d in DAMAGE])
+def test_damage_gives_expected_finding(name: str, damage: Callable, tmp_path: Path) -> None:
+    dump = BY_NAME[name]
+    patches, expected, address = damage(dump)
+    copy = damaged_copy(program_of(dump), dump.vmcore, tmp_path / "vmcore", patches)
+    code, data = check_json(dump, str(copy))
+    found = problems(data)
+    assert {f["check"] for f in found} == expected, [f["message"] for f in found]
+    assert code == (1 if any(f["severity"] == "error" for f in found) else 0)
+    primary = sorted(expected)[0] if len(expected) == 1 else next(
+        c for c in ("walk-damage", "rmap-owner", "unstable-seqnr", "stale-offset", "orphans") if c in expected)
+    if address is not None:
+        assert f"{address:#x}" in {f["address"] for f in found if f["check"] == primary}
+
+
+def test_fast_path_finds_what_the_slow_path_finds(dump: Dump) -> None:
+    """The chunked reads, reused records and fast paths change no finding."""
+    from ksminspect.checks import run_checks
+
+    prog = program_of(dump)
+    fast = run_checks(prog)
+    slow = run_checks(prog, fast=False)
+    assert fast.findings == slow.findings
+    assert fast.stats == slow.stats

@@ -1,0 +1,103 @@
+"""ksminspect inside drgn: the %ksm REPL command through drgn's own plugin
+and command machinery, and the README's example script."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import drgn
+from conftest import DUMPS, Dump
+
+from ksminspect.program import decompressed
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def drgn_program(dump: Dump) -> drgn.Program:
+    """A Program made the way drgn's CLI makes one (plugins run on it)."""
+    prog = drgn.Program()
+    prog.set_core_dump(decompressed(str(dump.vmcore)))
+    prog.load_debug_info([decompressed(str(dump.debug))], main=True)
+    return prog
+
+
+def test_ksm_command_in_drgn_repl(tmp_path: Path) -> None:
+    from drgn.internal.repl import _InteractiveConsoleWithCommand
+
+    dump = next(d for d in DUMPS if d.name == "7.2-seed-noreset")
+    prog = drgn_program(dump)
+    console = _InteractiveConsoleWithCommand({"prog": prog})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        console.runsource("%ksm check --only stale-offset --format json")
+    findings = json.loads(out.getvalue())["findings"]
+    assert len(findings) == dump.truth["workload"]["pairs_written"]
+    target = tmp_path / "tree.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        console.runsource(f"%ksm stable-tree --format json > {target}")
+    assert json.loads(target.read_text())["totals"]["pages_shared"] == int(dump.sysfs["pages_shared"])
+
+
+def test_ksm_command_is_registered_by_the_plugin() -> None:
+    from drgn.commands import DEFAULT_COMMAND_NAMESPACE
+
+    prog = drgn_program(DUMPS[0])
+    assert DEFAULT_COMMAND_NAMESPACE.lookup(prog, "ksm") is not None
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    m = re.search(r"<!-- example: drgn-script -->\n```python\n(.*?)```", text, re.S)
+    assert m, "README lost its example script"
+    return m.group(1)
+
+
+def test_readme_example_script(dump: Dump) -> None:
+    prog = drgn_program(dump)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(readme_example(), "README example", "exec"), {"prog": prog})
+    text = out.getvalue()
+    assert "rmap_items by state:" in text and "findings:" in text
+    stable = int(dump.sysfs["pages_shared"]) + int(dump.sysfs["pages_sharing"])
+    assert f"'stable': {stable}" in text
+
+
+# A dump played as the live kernel, so that `summary --watch` runs on the host.
+WATCH_AS_LIVE = """
+import sys
+import ksminspect.program as program
+from ksminspect.commands.main import main
+vmcore, debug = sys.argv[1:3]
+program._open_live = lambda prog: prog.set_core_dump(vmcore)
+main(["-s", debug, "summary", "--watch", "0.05", "--format", "json"])
+"""
+
+
+def test_watch_ends_cleanly_on_repeated_sigint(tmp_path: Path) -> None:
+    """Ctrl-C pressed more than once (or timeout(1), which signals the child
+    and then its process group) still ends the watch with exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dump = DUMPS[0]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WATCH_AS_LIVE, decompressed(str(dump.vmcore)),
+         decompressed(str(dump.debug))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path)  # not the checkout, whose ksminspect/ lacks commands
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert all(line.startswith("{") for line in lines), proc.communicate()
+    assert all(json.loads(line)["counters"] for line in lines)
+    while proc.poll() is None:  # a SIGINT every 2 ms until it has gone
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.002)
+    out, err = proc.communicate()
+    assert (proc.returncode, err) == (0, "")

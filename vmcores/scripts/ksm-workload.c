@@ -1,0 +1,657 @@
+/*
+ * ksm-workload: /init of the fixture guests. It creates KSM state of known
+ * shape, stops ksmd, prints the kernel's own counters as JSON on the console
+ * (the truth the tests compare with) and waits for the host to dump memory.
+ *
+ * Parameters come from the kernel command line as ksmw.NAME=VALUE:
+ *   sharers        processes sharing pages (default 4)
+ *   shared         pages of common content in each sharer (32)
+ *   chain          copies of one page in each sharer: sharers*chain copies
+ *                  beyond max_page_sharing make a chain of dups (3)
+ *   cow            pages each sharer shares, that sharer 0 writes after merging (8)
+ *   unique         pages of unique content in each sharer: unstable items (48)
+ *   volatile       pages rewritten continuously by one process (16)
+ *   zero           zero-filled pages in one process (0)
+ *   exit           1: a process merges, then exits before the dump (1)
+ *   pairs          pages in two regions of one process, pairwise equal; after
+ *                  merging all are written, and ksmd is single-stepped until
+ *                  every pair has left the stable tree (needs pages_scanned) (0)
+ *   numa           bind sharer i to node i % numa (0: no binding)
+ *   max_page_sharing, merge_across_nodes, use_zero_pages, pages_to_scan,
+ *   sleep_millisecs, smart_scan: written to /sys/kernel/mm/ksm before run=1
+ *   sparse         1: pages differ only in their first and last words (fast
+ *                  to fill under TCG: the benchmark dumps)
+ *   live           1: a background workload on a running system (the live
+ *                  test): ksmd keeps running, nothing is single-stepped, the
+ *                  truth is printed once merging has settled
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+#define KSM "/sys/kernel/mm/ksm/"
+
+static char cmdline[4096];
+
+static long param(const char *name, long def)
+{
+	char key[64];
+	const char *p;
+
+	snprintf(key, sizeof(key), "ksmw.%s=", name);
+	for (p = cmdline; (p = strstr(p, key)); p++)
+		if (p == cmdline || p[-1] == ' ')
+			return strtol(p + strlen(key), NULL, 0);
+	return def;
+}
+
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	printf("ksmw: ");
+	vprintf(fmt, ap);
+	printf("\n");
+	fflush(stdout);
+	va_end(ap);
+}
+
+static int read_text(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	while (n > 0 && buf[n - 1] == '\n')
+		buf[--n] = 0;
+	return 0;
+}
+
+static long read_long(const char *path)
+{
+	char buf[64];
+
+	return read_text(path, buf, sizeof(buf)) ? -1 : strtol(buf, NULL, 0);
+}
+
+static int write_ksm(const char *name, long value)
+{
+	char path[128], buf[32];
+	int fd, n, ret = 0;
+
+	snprintf(path, sizeof(path), KSM "%s", name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	n = snprintf(buf, sizeof(buf), "%ld", value);
+	if (write(fd, buf, n) != n) {
+		say("write %s=%ld: %s", name, value, strerror(errno));
+		ret = -1;
+	}
+	close(fd);
+	return ret;
+}
+
+static long ksm_counter(const char *name)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), KSM "%s", name);
+	return read_long(path);
+}
+
+static void msleep(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+static long g_sparse;
+
+/* Fill a page with bytes that depend only on id: equal ids, equal pages. */
+static void fill(unsigned char *page, uint64_t id)
+{
+	uint64_t x = id * 0x9E3779B97F4A7C15ULL + 1;
+	size_t i;
+
+	if (g_sparse) {
+		memcpy(page, &x, 8);
+		memcpy(page + PAGE - 8, &id, 8);
+		return;
+	}
+	for (i = 0; i < PAGE; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		memcpy(page + i, &x, 8);
+	}
+}
+
+static unsigned char *map_pages(long n)
+{
+	unsigned char *p;
+
+	if (n <= 0)
+		return NULL;
+	p = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		say("mmap: %s", strerror(errno));
+		exit(1);
+	}
+	return p;
+}
+
+static void mergeable(void *p, long n)
+{
+	if (n > 0 && madvise(p, n * PAGE, MADV_MERGEABLE))
+		say("madvise(MADV_MERGEABLE): %s", strerror(errno));
+}
+
+/* Content ids of the page groups. */
+#define ID_SHARED (1ULL << 24)
+#define ID_COW (2ULL << 24)
+#define ID_CHAIN (3ULL << 24)
+#define ID_PAIRS (4ULL << 24)
+#define ID_VOLATILE (5ULL << 24)
+#define ID_WRITTEN (6ULL << 24)
+#define ID_UNIQUE (1ULL << 32)	/* + (sharer << 24) + page */
+
+struct child {
+	pid_t pid;
+	int cmd;		/* write end: commands to the child */
+	int ack;		/* read end: the child's answers */
+	char role[16];
+	long index;
+};
+
+static struct child children[64];
+static int nchildren;
+
+static void child_wait(int cmd, int ack, void (*on_command)(char), int busy)
+{
+	char c;
+
+	if (write(ack, "r", 1) != 1)
+		exit(1);
+	for (;;) {
+		if (busy) {
+			/* volatile: keep changing until told otherwise */
+			if (read(cmd, &c, 1) != 1) {
+				on_command(0);
+				continue;
+			}
+		} else if (read(cmd, &c, 1) != 1) {
+			exit(0);
+		}
+		if (c == 'x')
+			exit(0);
+		on_command(c);
+		if (c == 's') {
+			busy = 0;
+			fcntl(cmd, F_SETFL, 0);
+		}
+		if (write(ack, "d", 1) != 1)
+			exit(1);
+	}
+}
+
+static unsigned char *g_cow, *g_pairs, *g_volatile;
+static long g_ncow, g_npairs, g_nvolatile, g_index;
+
+static void sharer_command(char c)
+{
+	long j;
+
+	if (c == 'w' && g_index == 0)
+		for (j = 0; j < g_ncow; j++)
+			fill(g_cow + j * PAGE, ID_WRITTEN + j);
+}
+
+static void pairs_command(char c)
+{
+	long j;
+
+	if (c == 'w')
+		for (j = 0; j < 2 * g_npairs; j++)
+			g_pairs[j * PAGE + 8] ^= 0xff;
+}
+
+static void volatile_command(char c)
+{
+	static uint64_t n;
+	long j;
+
+	if (c)
+		return;
+	for (j = 0; j < g_nvolatile; j++)
+		memcpy(g_volatile + j * PAGE, &n, sizeof(n));
+	n++;
+	msleep(2);
+}
+
+static void bind_node(long node)
+{
+	unsigned long mask = 1UL << node;
+
+	/* MPOL_BIND == 2 */
+	if (syscall(SYS_set_mempolicy, 2, &mask, 64))
+		say("set_mempolicy(node %ld): %s", node, strerror(errno));
+}
+
+static void spawn(const char *role, long index, void (*body)(int, int))
+{
+	int cmd[2], ack[2];
+	struct child *ch = &children[nchildren++];
+
+	if (pipe(cmd) || pipe(ack))
+		exit(1);
+	ch->pid = fork();
+	if (ch->pid == 0) {
+		char comm[16];
+
+		close(cmd[1]);
+		close(ack[0]);
+		snprintf(comm, sizeof(comm), "ksm-%s%ld", role, index);
+		prctl(PR_SET_NAME, comm);
+		body(cmd[0], ack[1]);
+		exit(0);
+	}
+	close(cmd[0]);
+	close(ack[1]);
+	ch->cmd = cmd[1];
+	ch->ack = ack[0];
+	ch->index = index;
+	snprintf(ch->role, sizeof(ch->role), "%s", role);
+	if (read(ch->ack, &(char){0}, 1) != 1)
+		say("%s%ld did not start", role, index);
+}
+
+static void command(struct child *ch, char c)
+{
+	if (write(ch->cmd, &c, 1) != 1 || read(ch->ack, &c, 1) != 1)
+		say("%s%ld did not answer", ch->role, ch->index);
+}
+
+static long g_sharers, g_shared, g_chain, g_unique, g_numa;
+
+static void sharer_body(int cmd, int ack)
+{
+	unsigned char *shared, *chain, *unique;
+	long j, n;
+
+	if (g_numa)
+		bind_node(g_index % g_numa);
+	n = g_shared + g_chain + g_ncow + g_unique;
+	shared = map_pages(n);
+	chain = shared + g_shared * PAGE;
+	g_cow = chain + g_chain * PAGE;
+	unique = g_cow + g_ncow * PAGE;
+	for (j = 0; j < g_shared; j++)
+		fill(shared + j * PAGE, ID_SHARED + j);
+	for (j = 0; j < g_chain; j++)
+		fill(chain + j * PAGE, ID_CHAIN);
+	for (j = 0; j < g_ncow; j++)
+		fill(g_cow + j * PAGE, ID_COW + j);
+	for (j = 0; j < g_unique; j++)
+		fill(unique + j * PAGE, ID_UNIQUE + ((uint64_t)g_index << 24) + j);
+	mergeable(shared, n);
+	child_wait(cmd, ack, sharer_command, 0);
+}
+
+static void exiter_body(int cmd, int ack)
+{
+	unsigned char *p = map_pages(g_shared);
+	long j;
+
+	for (j = 0; j < g_shared; j++)
+		fill(p + j * PAGE, ID_SHARED + j);
+	mergeable(p, g_shared);
+	child_wait(cmd, ack, sharer_command, 0);
+}
+
+static void volatile_body(int cmd, int ack)
+{
+	g_volatile = map_pages(g_nvolatile);
+	for (long j = 0; j < g_nvolatile; j++)
+		fill(g_volatile + j * PAGE, ID_VOLATILE + j);
+	mergeable(g_volatile, g_nvolatile);
+	fcntl(cmd, F_SETFL, O_NONBLOCK);
+	child_wait(cmd, ack, volatile_command, 1);
+}
+
+static long g_zero;
+
+static void zero_body(int cmd, int ack)
+{
+	unsigned char *p = map_pages(g_zero);
+
+	for (long j = 0; j < g_zero; j++) {
+		p[j * PAGE] = 1;	/* a real anonymous page ... */
+		p[j * PAGE] = 0;	/* ... that holds only zeros */
+	}
+	mergeable(p, g_zero);
+	child_wait(cmd, ack, sharer_command, 0);
+}
+
+static void pairs_body(int cmd, int ack)
+{
+	long j;
+
+	g_pairs = map_pages(2 * g_npairs);
+	for (j = 0; j < g_npairs; j++) {
+		fill(g_pairs + j * PAGE, ID_PAIRS + j);
+		fill(g_pairs + (g_npairs + j) * PAGE, ID_PAIRS + j);
+	}
+	mergeable(g_pairs, 2 * g_npairs);
+	child_wait(cmd, ack, pairs_command, 0);
+}
+
+/* Wait for `scans` more full scans; -1 on timeout. */
+static int wait_full_scans(long scans, long timeout_s)
+{
+	long target = ksm_counter("full_scans") + scans;
+	time_t end = time(NULL) + timeout_s;
+
+	while (ksm_counter("full_scans") < target) {
+		if (time(NULL) > end)
+			return -1;
+		msleep(20);
+	}
+	return 0;
+}
+
+static long proc_long(pid_t pid, const char *file)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, file);
+	return read_long(path);
+}
+
+/* Single-step ksmd (one page per wake) until the pairs process has no merged page. */
+static long step_until_pairs_unmerged(struct child *pairs)
+{
+	long steps = 0, sleep_ms = 60000, scanned;
+
+	write_ksm("pages_to_scan", 1);
+	write_ksm("sleep_millisecs", sleep_ms);
+	scanned = ksm_counter("pages_scanned");
+	write_ksm("run", 1);
+	while (proc_long(pairs->pid, "ksm_merging_pages") > 0 && steps < 1000000) {
+		time_t end = time(NULL) + 5;
+
+		while (ksm_counter("pages_scanned") == scanned && time(NULL) < end)
+			usleep(200);
+		scanned = ksm_counter("pages_scanned");
+		if (proc_long(pairs->pid, "ksm_merging_pages") <= 0)
+			break;
+		/* a new sleep time wakes ksmd for one more batch */
+		sleep_ms = sleep_ms == 60000 ? 60001 : 60000;
+		write_ksm("sleep_millisecs", sleep_ms);
+		steps++;
+	}
+	write_ksm("run", 0);
+	return steps;
+}
+
+static void json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			putchar('\\');
+		if ((unsigned char)*s >= 0x20)
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+static void print_sysfs(void)
+{
+	DIR *d = opendir(KSM);
+	struct dirent *e;
+	char path[300], buf[256];
+	int first = 1;
+
+	printf("\"sysfs\": {");
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), KSM "%s", e->d_name);
+		if (read_text(path, buf, sizeof(buf)))
+			continue;
+		printf("%s\n  ", first ? "" : ",");
+		json_string(e->d_name);
+		printf(": ");
+		json_string(buf);
+		first = 0;
+	}
+	if (d)
+		closedir(d);
+	printf("}");
+}
+
+static void print_process(struct child *ch, int exited)
+{
+	char path[64], buf[1024], *line, *save;
+
+	printf("{\"pid\": %d, \"role\": \"%s\", \"index\": %ld, \"exited\": %s",
+	       ch->pid, ch->role, ch->index, exited ? "true" : "false");
+	if (!exited) {
+		snprintf(path, sizeof(path), "/proc/%d/comm", ch->pid);
+		if (!read_text(path, buf, sizeof(buf))) {
+			printf(", \"comm\": ");
+			json_string(buf);
+		}
+		printf(", \"ksm_merging_pages\": %ld",
+		       proc_long(ch->pid, "ksm_merging_pages"));
+		snprintf(path, sizeof(path), "/proc/%d/ksm_stat", ch->pid);
+		if (!read_text(path, buf, sizeof(buf))) {
+			printf(", \"ksm_stat\": {");
+			for (line = strtok_r(buf, "\n", &save); line;
+			     line = strtok_r(NULL, "\n", &save)) {
+				char *sp = strchr(line, ' ');
+
+				if (!sp)
+					continue;
+				*sp = 0;
+				printf("%s\"%s\": \"%s\"", line == buf ? "" : ", ",
+				       line, sp + 1);
+			}
+			printf("}");
+		}
+	}
+	printf("}");
+}
+
+int main(void)
+{
+	long exit_flag, cow_written = 0, steps = -1, pairs_merged = 0;
+	long full_scans_before_cow = -1;
+	pid_t exited_pid = 0;
+	long live;
+	struct child *pairs = NULL, *exiter = NULL, *vol = NULL;
+	int i, settled = 0;
+
+	mount("proc", "/proc", "proc", 0, NULL);
+	mount("sysfs", "/sys", "sysfs", 0, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+	read_text("/proc/cmdline", cmdline, sizeof(cmdline));
+	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+
+	g_sharers = param("sharers", 4);
+	g_shared = param("shared", 32);
+	g_chain = param("chain", 3);
+	g_ncow = param("cow", 8);
+	g_unique = param("unique", 48);
+	g_nvolatile = param("volatile", 16);
+	g_zero = param("zero", 0);
+	g_npairs = param("pairs", 0);
+	g_numa = param("numa", 0);
+	g_sparse = param("sparse", 0);
+	exit_flag = param("exit", 1);
+	live = param("live", 0);
+	if (!live) {
+		/* /init: talk on the console */
+		int fd = open("/dev/console", O_RDWR);
+
+		if (fd >= 0) {
+			dup2(fd, 0);
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+	}
+	if (access(KSM "run", F_OK)) {
+		/* a kernel without CONFIG_KSM: nothing to create, nothing to record */
+		g_sharers = g_nvolatile = g_zero = g_npairs = exit_flag = 0;
+		say("no " KSM);
+	}
+
+	if (!live)
+		write_ksm("run", 0);
+	{
+		static const char *const tunables[] = {
+			"max_page_sharing", "merge_across_nodes", "use_zero_pages",
+			"pages_to_scan", "sleep_millisecs", "smart_scan",
+		};
+		static const long defaults[] = { -1, -1, -1, 5000, 20, -1 };
+
+		for (i = 0; i < 6; i++) {
+			long v = param(tunables[i], defaults[i]);
+
+			if (v >= 0)
+				write_ksm(tunables[i], v);
+		}
+	}
+
+	for (i = 0; i < g_sharers; i++) {
+		g_index = i;
+		spawn("share", i, sharer_body);
+	}
+	g_index = 0;
+	if (g_nvolatile > 0) {
+		spawn("volatile", 0, volatile_body);
+		vol = &children[nchildren - 1];
+	}
+	if (g_zero > 0)
+		spawn("zero", 0, zero_body);
+	if (exit_flag) {
+		spawn("exit", 0, exiter_body);
+		exiter = &children[nchildren - 1];
+	}
+	if (g_npairs > 0) {
+		spawn("pairs", 0, pairs_body);
+		pairs = &children[nchildren - 1];
+	}
+	say("%d processes ready; merging", nchildren);
+
+	if (access(KSM "run", F_OK))
+		goto record;
+	write_ksm("run", 1);
+	/* Settled: the merge counters unchanged across a full scan, after 3. */
+	wait_full_scans(3, 600);
+	for (i = 0; i < 20 && !settled; i++) {
+		long shared = ksm_counter("pages_shared");
+		long sharing = ksm_counter("pages_sharing");
+
+		if (wait_full_scans(1, 600))
+			break;
+		settled = shared == ksm_counter("pages_shared") &&
+			  sharing == ksm_counter("pages_sharing");
+	}
+	say("settled=%d full_scans=%ld pages_shared=%ld pages_sharing=%ld", settled,
+	    ksm_counter("full_scans"), ksm_counter("pages_shared"),
+	    ksm_counter("pages_sharing"));
+
+	if (exiter) {
+		exited_pid = exiter->pid;
+		write(exiter->cmd, "x", 1);
+		waitpid(exiter->pid, NULL, 0);
+	}
+
+	/* Stop ksmd (run=0 waits for the batch in progress), then break COW. */
+	if (!live)
+		write_ksm("run", 0);
+	full_scans_before_cow = ksm_counter("full_scans");
+	if (g_sharers > 0 && g_ncow > 0) {
+		command(&children[0], 'w');
+		cow_written = g_ncow;
+	}
+	if (live) {
+		/* ksmd keeps running: let it see the written pages, no stepping */
+		wait_full_scans(2, 600);
+	} else if (pairs) {
+		pairs_merged = proc_long(pairs->pid, "ksm_merging_pages");
+		command(pairs, 'w');
+		if (ksm_counter("pages_scanned") >= 0)
+			steps = step_until_pairs_unmerged(pairs);
+	} else if (cow_written) {
+		/* let ksmd see the written pages once */
+		write_ksm("run", 1);
+		wait_full_scans(1, 600);
+		write_ksm("run", 0);
+	}
+	if (vol)
+		command(vol, 's');
+
+record:
+	printf("KSMINSPECT-TRUTH-BEGIN\n{");
+	print_sysfs();
+	printf(",\n\"processes\": [");
+	for (i = 0; i < nchildren; i++) {
+		printf("%s\n  ", i ? "," : "");
+		print_process(&children[i], children[i].pid == exited_pid);
+	}
+	printf("],\n\"workload\": {\"sharers\": %ld, \"shared\": %ld, \"chain\": %ld, "
+	       "\"cow\": %ld, \"unique\": %ld, \"volatile\": %ld, \"zero\": %ld, "
+	       "\"pairs\": %ld, \"numa\": %ld, \"exited_pid\": %d, "
+	       "\"cow_written\": %ld, \"pairs_merged_before_write\": %ld, "
+	       "\"pairs_written\": %ld, \"single_steps\": %ld, "
+	       "\"full_scans_before_cow\": %ld, \"settled\": %s},\n",
+	       g_sharers, g_shared, g_chain, g_ncow, g_unique, g_nvolatile, g_zero,
+	       g_npairs, g_numa, exited_pid, cow_written, pairs_merged,
+	       pairs ? 2 * g_npairs : 0, steps, full_scans_before_cow,
+	       settled ? "true" : "false");
+	{
+		struct utsname u;
+
+		uname(&u);
+		printf("\"kernel_release\": ");
+		json_string(u.release);
+		printf(",\n");
+	}
+	printf("\"cmdline\": ");
+	json_string(cmdline);
+	printf("}\nKSMINSPECT-TRUTH-END\nKSMINSPECT-READY\n");
+	fflush(stdout);
+
+	for (;;) {
+		pause();
+	}
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Boot a fixture kernel under QEMU (TCG) with the KSM workload as /init, wait
+until the guest has recorded its truth, dump guest memory over QMP and write
+vmcore + truth.json into the output directory.
+
+    make-dump.py --kernel BZIMAGE --initrd INIT.CPIO.GZ --out DIR
+                 [--memory MB] [--numa N] [--append "ksmw.x=y ..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def qmp(sock_path: str, *commands: dict) -> list[dict]:
+    """Run QMP commands in order, waiting for each reply."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    f = s.makefile("rw")
+    json.loads(f.readline())  # greeting
+    replies = []
+    for cmd in ({"execute": "qmp_capabilities"},) + commands:
+        f.write(json.dumps(cmd) + "\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "return" in msg or "error" in msg:
+                break
+        if "error" in msg:
+            raise RuntimeError(f"QMP {cmd['execute']}: {msg['error']}")
+        replies.append(msg)
+    s.close()
+    return replies
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--initrd", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--memory", type=int, default=256)
+    ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--numa", type=int, default=0)
+    ap.add_argument("--append", default="")
+    ap.add_argument("--timeout", type=int, default=1800)
+    args = ap.parse_args()
+
+    os.makedirs(args.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="ksmdump-")
+    sock = os.path.join(tmp, "qmp.sock")
+    log = os.path.join(args.out, "console.log")
+    append = f"console=ttyS0 loglevel=1 panic=-1 {args.append}".strip()
+    cmd = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", str(args.memory),
+        "-smp", str(args.smp), "-kernel", args.kernel, "-initrd", args.initrd,
+        "-append", append, "-display", "none", "-monitor", "none",
+        "-serial", f"file:{log}", "-no-reboot", "-device", "vmcoreinfo",
+        "-qmp", f"unix:{sock},server=on,wait=off",
+    ]
+    if args.numa:
+        per = args.memory // args.numa
+        for n in range(args.numa):
+            cpus = [c for c in range(args.smp) if c % args.numa == n]
+            cmd += ["-object", f"memory-backend-ram,id=m{n},size={per}M",
+                    "-numa", f"node,nodeid={n},memdev=m{n}" + "".join(f",cpus={c}" for c in cpus)]
+    print(" ".join(cmd), file=sys.stderr)
+    start = time.time()
+    vm = subprocess.Popen(cmd)
+    try:
+        text = ""
+        while "KSMINSPECT-READY" not in text:
+            if vm.poll() is not None:
+                raise SystemExit(f"QEMU exited early; see {log}")
+            if time.time() - start > args.timeout:
+                raise SystemExit(f"no KSMINSPECT-READY within {args.timeout} s; see {log}")
+            time.sleep(2)
+            with open(log, errors="replace") as f:
+                text = f.read()
+        vmcore = os.path.join(args.out, "vmcore")
+        if os.path.exists(vmcore):
+            os.unlink(vmcore)
+        qmp(sock, {"execute": "dump-guest-memory",
+                   "arguments": {"paging": False, "protocol": f"file:{vmcore}"}})
+        qmp(sock, {"execute": "quit"})
+        vm.wait(60)
+    finally:
+        if vm.poll() is None:
+            vm.kill()
+    text = text.replace("\r", "")
+    m = re.search(r"KSMINSPECT-TRUTH-BEGIN\n(.*?)\nKSMINSPECT-TRUTH-END", text, re.S)
+    truth = json.loads(m.group(1))
+    truth["dump"] = {
+        "qemu": cmd,
+        "seconds_to_ready": round(time.time() - start, 1),
+    }
+    with open(os.path.join(args.out, "truth.json"), "w") as f:
+        json.dump(truth, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"dump ready in {time.time() - start:.0f} s: {vmcore}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
