@@ -21,8 +21,11 @@ get() {  # get PACKAGE [APT...]: download the .deb unless it is already here
 }
 get linux-source-5.10 "${aptx[@]}"
 get linux-source-7.2 "${aptx[@]}"
-get linux-source-6.1 apt-get -q
-get linux-source-6.12 apt-get -q
+apt_own() {  # the machine's own suites; a fresh machine's lists may predate the package
+    apt-get -q "$@" 2>/dev/null || { apt-get update -qq && apt-get -q "$@"; }
+}
+get linux-source-6.1 apt_own
+get linux-source-6.12 apt_own
 for deb in linux-source-*.deb; do
     v=${deb#linux-source-}; v=${v%%_*}
     [ -d "linux-$v" ] && continue
