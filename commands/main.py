@@ -30,6 +30,9 @@ class App:
             from ksminspect.program import open_program
 
             self._prog = open_program(self.core, self.symbols)
+            note = self._prog.cache.get("ksminspect_vmcoreinfo_note")
+            if note:
+                click.echo(f"ksminspect: note: {note}", err=True)
             truncated = self._prog.cache.get("ksminspect_truncated")
             if truncated:
                 click.echo(f"ksminspect: warning: {truncated}; reading what it holds", err=True)

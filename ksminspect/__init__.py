@@ -15,6 +15,8 @@ The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
 - :func:`read_counters`, :func:`read_tunables`, :func:`walk_counts`
 - :func:`read_scan_cursor`
 - :func:`run_checks` -- every check, as :class:`Finding` records
+- :func:`vmcoreinfo_in_memory` -- the VMCOREINFO text of a dump that lacks
+  the note, for ``drgn.Program(vmcoreinfo=...)``
 """
 
 __version__ = "0.1.0"
@@ -24,6 +26,7 @@ from ksminspect.counters import read_counters, read_tunables, walk_counts
 from ksminspect.decode import ItemState, NodeKind, RmapItem, StableNode
 from ksminspect.layout import KsmLayout, get_layout
 from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_owner
+from ksminspect.program import vmcoreinfo_in_memory
 from ksminspect.scan import ScanCursor, read_scan_cursor
 from ksminspect.stable import Sharer, StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import Damage, WalkDamage, Walker, walker
@@ -33,5 +36,5 @@ __all__ = [
     "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "StableNode",
     "StableTreeNode", "WalkDamage", "Walker", "for_each_mm_slot", "for_each_stable_tree_node",
     "get_layout", "mm_counters", "mm_owner", "read_counters", "read_scan_cursor",
-    "read_tunables", "run_checks", "walk_counts", "walker",
+    "read_tunables", "run_checks", "vmcoreinfo_in_memory", "walk_counts", "walker",
 ]

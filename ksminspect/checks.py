@@ -588,8 +588,9 @@ class _Checker:
         for cache_name, type_name, found in allocated_objects(self.prog, self.layout):
             if found is None:
                 self.add("orphans", Severity.INFO, None,
-                         f"slab cache {cache_name} is merged with others ({type_name}); its "
-                         f"orphans cannot be told apart and were not checked")
+                         f"struct {type_name} objects share the merged slab cache {cache_name} "
+                         f"with other types (boot with slab_nomerge to keep them apart): "
+                         f"orphans not checked")
                 continue
             for address in sorted(set(found) - reached.get(type_name, set())):
                 if type_name == rmap_type and self.damaged_mms and self._item_mm(address) in self.damaged_mms:

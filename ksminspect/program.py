@@ -140,7 +140,12 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
             why = truncation(path) or str(e)
-            raise TargetError(f"{core} cannot be read as a kernel core dump: {why}") from None
+            prog = _with_vmcoreinfo_from_memory(path) if not truncation(path) else None
+            if prog is None:
+                raise TargetError(f"{core} cannot be read as a kernel core dump: {why}") from None
+            prog.cache["ksminspect_vmcoreinfo_note"] = (
+                f"{core} has no VMCOREINFO note (a QEMU dump without -device vmcoreinfo, or "
+                f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")
         why = truncation(path)
         if why:
             prog.cache["ksminspect_truncated"] = f"{core}: {why}"
@@ -156,6 +161,50 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
         detail = str(e)
     if not _has_kernel_types(prog):
         raise TargetError(_missing_debug_info_message(prog, dict(zip(given, files)), detail))
+    return prog
+
+
+PT_LOAD = 1
+# The text the kernel writes into vmcoreinfo_data at boot (kernel/vmcore_info.c,
+# crash_save_vmcoreinfo_init()): at most a page, NUL-terminated.
+VMCOREINFO_BYTES = 4096
+
+
+def vmcoreinfo_in_memory(path: str) -> Optional[bytes]:
+    """The VMCOREINFO text that the kernel in the ELF core *path* keeps in its
+    own memory, or None. A dump whose notes lack it (QEMU's dump-guest-memory
+    without a vmcoreinfo device) still holds the page the kernel filled at
+    boot, KERNELOFFSET (KASLR) included on x86-64."""
+    import mmap
+
+    try:
+        headers = elf_program_headers(path)
+        if not headers:
+            return None
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for p_type, _, offset, filesz in headers:
+                if p_type != PT_LOAD:
+                    continue
+                at, end = offset, min(offset + filesz, len(m))
+                while (at := m.find(b"OSRELEASE=", at, end)) >= 0:
+                    text = m[at:min(at + VMCOREINFO_BYTES, end)].split(b"\0", 1)[0]
+                    if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
+                        return text
+                    at += 1
+    except (OSError, EOFError, ValueError):
+        return None
+    return None
+
+
+def _with_vmcoreinfo_from_memory(path: str) -> Optional[drgn.Program]:
+    info = vmcoreinfo_in_memory(path)
+    if info is None:
+        return None
+    prog = drgn.Program(vmcoreinfo=info)
+    try:
+        prog.set_core_dump(path)
+    except Exception:
+        return None
     return prog
 
 

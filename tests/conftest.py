@@ -3,7 +3,8 @@
 A dump directory holds vmcore.xz and truth.json (the kernel's own counters,
 recorded by the guest just before the dump); truth.json names the kernel
 whose debug info is in vmcores/kernels/<kernel>/vmlinux.debug.xz. Set
-KSMINSPECT_REQUIRE_DUMPS=1 to turn a missing dump into a failure.
+KSMINSPECT_REQUIRE_DUMPS=1 to turn a missing dump into a failure, and
+KSMINSPECT_EXTRA_DUMPS=DIR to run every per-dump test on more dumps too.
 """
 
 from __future__ import annotations
@@ -41,13 +42,21 @@ class Dump:
 
 
 def find_dumps() -> list[Dump]:
+    """The committed dumps, then those under $KSMINSPECT_EXTRA_DUMPS (made by
+    vmcores/scripts/distro-dumps.sh: their truth.json names vmcore and debug)."""
+    paths = sorted(VMCORES.glob("*/truth.json"))
+    extra = os.environ.get("KSMINSPECT_EXTRA_DUMPS")
+    if extra:
+        paths += sorted(Path(extra).glob("*/truth.json"))
     dumps = []
-    for truth_path in sorted(VMCORES.glob("*/truth.json")):
+    for truth_path in paths:
         truth = json.loads(truth_path.read_text())
+        here = truth_path.parent
         dumps.append(Dump(
-            name=truth_path.parent.name,
-            vmcore=truth_path.parent / "vmcore.xz",
-            debug=VMCORES / "kernels" / truth["kernel"] / "vmlinux.debug.xz",
+            name=here.name,
+            vmcore=here / truth.get("vmcore", "vmcore.xz"),
+            debug=(here / truth["debug"] if "debug" in truth
+                   else VMCORES / "kernels" / truth["kernel"] / "vmlinux.debug.xz"),
             truth=truth,
         ))
     return dumps

@@ -12,6 +12,7 @@ from pathlib import Path
 import drgn
 from conftest import DUMPS, Dump
 
+import ksminspect
 from ksminspect.program import decompressed
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -19,8 +20,13 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def drgn_program(dump: Dump) -> drgn.Program:
     """A Program made the way drgn's CLI makes one (plugins run on it)."""
-    prog = drgn.Program()
-    prog.set_core_dump(decompressed(str(dump.vmcore)))
+    path = decompressed(str(dump.vmcore))
+    try:
+        prog = drgn.Program()
+        prog.set_core_dump(path)
+    except ValueError:  # no VMCOREINFO note: the README's recipe
+        prog = drgn.Program(vmcoreinfo=ksminspect.vmcoreinfo_in_memory(path))
+        prog.set_core_dump(path)
     prog.load_debug_info([decompressed(str(dump.debug))], main=True)
     return prog
 

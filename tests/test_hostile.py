@@ -147,6 +147,27 @@ def test_corrupt_compressed_dump(tmp_path: Path) -> None:
     expect_refusal("-c", str(bad), "-s", str(DUMP.debug), "summary", says="could not be decompressed")
 
 
+def test_dump_without_vmcoreinfo_note(tmp_path: Path) -> None:
+    """A QEMU dump whose guest never gave QEMU its VMCOREINFO (Debian builds
+    qemu_fw_cfg as a module) opens from the copy in the guest's memory. Here
+    a copy of a real dump loses its note's name; vmcores/scripts/
+    distro-dumps.sh makes such dumps of Debian's own kernels for real."""
+    core = tmp_path / "vmcore"
+    shutil.copyfile(decompressed(str(DUMP.vmcore)), core)
+    with open(core, "r+b") as f:
+        head = f.read(1 << 20)
+        at = head.index(b"VMCOREINFO\0")  # the note's name, in the notes up front
+        f.seek(at)
+        f.write(b"NOCOREINFO")
+    r = run_main("-c", str(core), "-s", str(DUMP.debug), "summary", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert "has no VMCOREINFO note" in r.stderr and "using the copy in its memory" in r.stderr
+    counters = json.loads(r.stdout)["counters"]
+    assert counters["pages_sharing"] == int(DUMP.sysfs["pages_sharing"])
+    assert counters["rmap_items"] == json.loads(run_main(*DUMP.args, "summary", "--format",
+                                                         "json").stdout)["counters"]["rmap_items"]
+
+
 def test_debug_info_of_another_kernel() -> None:
     other = next(d for d in DUMPS if d.name.startswith("7.2"))
     text = expect_refusal("-c", str(DUMP.vmcore), "-s", str(other.debug), "summary",

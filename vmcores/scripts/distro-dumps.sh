@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# distro-dumps.sh OUT: dumps of Debian's own distribution kernels (the cloud
+# flavour: KASLR, hardened SLUB freelists, memcg, NUMA, modules), booted under
+# QEMU with the KSM workload as /init. Not committed: the debug files are
+# ~350 MB each. The tests pick them up from $KSMINSPECT_EXTRA_DUMPS=OUT.
+#
+# The guest does not load the qemu_fw_cfg module, so the dumps carry no
+# VMCOREINFO note, as a `virsh dump` of such a guest would not: ksminspect
+# finds the copy in the guest's memory.
+# Needs: apt access to the machine's Debian suites, qemu-system-x86, gcc, cpio.
+set -euo pipefail
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$out"
+
+apt_own() {  # a fresh machine's package lists may predate the package
+    apt-get -q "$@" 2>/dev/null || { apt-get update -qq && apt-get -q "$@"; }
+}
+image_of() {  # the kernel image package a Debian meta-package points at now
+    apt_own install --simulate "$1" >/dev/null
+    apt-cache depends "$1" | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1
+}
+
+if [ ! init.cpio.gz -nt "$here/ksm-workload.c" ]; then  # a new workload: new dumps
+    mkdir -p initrd/dev initrd/proc initrd/sys
+    gcc -static -O2 -Wall -o initrd/init "$here/ksm-workload.c"
+    (cd initrd && find . | cpio -o -H newc --quiet | gzip -9 >../init.cpio.gz)
+fi
+
+# name  meta-package  numa  kernel command line (ksmw.*: see ksm-workload.c)
+while read -r name meta numa append; do
+    [ -f "$name/truth.json" ] && [ "$name/truth.json" -nt init.cpio.gz ] && continue
+    image=$(image_of "$meta")
+    [ -n "$image" ] || { echo "distro-dumps: $meta points at no kernel image" >&2; exit 1; }
+    ls "$image"_*.deb >/dev/null 2>&1 || apt_own download "$image"
+    ls "$image-dbg"_*.deb >/dev/null 2>&1 || apt_own download "$image-dbg"
+    release=${image#linux-image-}
+    rm -rf "$name" && mkdir -p "$name"
+    dpkg-deb --fsys-tarfile "$image"_*.deb | tar -xO "./boot/vmlinuz-$release" >"$name/vmlinuz"
+    dpkg-deb --fsys-tarfile "$image-dbg"_*.deb |
+        tar -xO "./usr/lib/debug/boot/vmlinux-$release" >"$name/vmlinux"
+    # shellcheck disable=SC2086
+    python3 "$here/make-dump.py" --kernel "$name/vmlinuz" --initrd init.cpio.gz \
+        --out "$name" --memory 512 --numa "$numa" --append "$append" </dev/null
+    python3 - "$name/truth.json" "$name" "$image" <<'PY'
+import json, sys
+path, name, image = sys.argv[1:]
+truth = json.load(open(path))
+truth.update(name=name, kernel=image, vmcore="vmcore", debug="vmlinux")
+json.dump(truth, open(path, "w"), indent=1, sort_keys=True)
+PY
+done <<'LIST'
+debian-6.1-cloud linux-image-cloud-amd64 0 ksmw.max_page_sharing=4 ksmw.sharers=4 ksmw.chain=3 ksmw.cow=8 ksmw.exit=1
+debian-6.12-cloud-numa linux-image-6.12-cloud-amd64 2 ksmw.numa=2 ksmw.merge_across_nodes=0 ksmw.max_page_sharing=4 ksmw.use_zero_pages=1 ksmw.zero=16 ksmw.chain=3 ksmw.cow=8
+LIST
+ls -d "$out"/*/truth.json
