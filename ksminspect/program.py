@@ -177,23 +177,26 @@ def vmcoreinfo_in_memory(path: str) -> Optional[bytes]:
     boot, KERNELOFFSET (KASLR) included on x86-64."""
     import mmap
 
+    other = None  # a copy off a page boundary: vmcoreinfo_note's, or a stray one
     try:
         headers = elf_program_headers(path)
         if not headers:
             return None
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            for p_type, _, offset, filesz in headers:
+            for p_type, paddr, offset, filesz in headers:
                 if p_type != PT_LOAD:
                     continue
                 at, end = offset, min(offset + filesz, len(m))
                 while (at := m.find(b"OSRELEASE=", at, end)) >= 0:
                     text = m[at:min(at + VMCOREINFO_BYTES, end)].split(b"\0", 1)[0]
                     if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
-                        return text
+                        if (paddr + at - offset) % 4096 == 0:  # vmcoreinfo_data is a page
+                            return text
+                        other = other or text
                     at += 1
     except (OSError, EOFError, ValueError):
         return None
-    return None
+    return other
 
 
 def _with_vmcoreinfo_from_memory(path: str) -> Optional[drgn.Program]:
