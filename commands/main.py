@@ -21,6 +21,9 @@ class App:
         self.core = core
         self.symbols = tuple(symbols)
         self._prog = prog
+        # Inside drgn the process is not ours: process-wide state (signal
+        # handlers) must be left as it was found.
+        self.embedded = prog is not None
 
     @property
     def prog(self):

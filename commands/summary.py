@@ -75,11 +75,15 @@ def watch_counters(app, interval: float, fmt: str) -> None:
     # One Ctrl-C ends the watch. Later SIGINTs (a second key press, or
     # timeout(1) signalling the child and then its process group) are
     # ignored, down to the OS, so that they cannot break the clean exit.
+    # Inside drgn the process is drgn's: its handler is given back.
     def on_sigint(signum, frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: KeyboardInterrupt as usual
+        previous = None
     before, then = None, None
     try:
         while True:
@@ -107,3 +111,6 @@ def watch_counters(app, interval: float, fmt: str) -> None:
             time.sleep(interval)
     except KeyboardInterrupt:
         return  # the way to stop watching: no error
+    finally:
+        if app.embedded and previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -139,10 +139,11 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
         try:
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
-            why = truncation(path) or str(e)
-            prog = _with_vmcoreinfo_from_memory(path) if not truncation(path) else None
+            cut = truncation(path)
+            prog = None if cut else _with_vmcoreinfo_from_memory(path)
             if prog is None:
-                raise TargetError(f"{core} cannot be read as a kernel core dump: {why}") from None
+                raise TargetError(f"{core} cannot be read as a kernel core dump: "
+                                  f"{cut or e}") from None
             prog.cache["ksminspect_vmcoreinfo_note"] = (
                 f"{core} has no VMCOREINFO note (a QEMU dump without -device vmcoreinfo, or "
                 f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")

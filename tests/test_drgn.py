@@ -6,7 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import drgn
@@ -87,12 +92,6 @@ main(["-s", debug, "summary", "--watch", "0.05", "--format", "json"])
 def test_watch_ends_cleanly_on_repeated_sigint(tmp_path: Path) -> None:
     """Ctrl-C pressed more than once (or timeout(1), which signals the child
     and then its process group) still ends the watch with exit 0."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     dump = DUMPS[0]
     proc = subprocess.Popen(
         [sys.executable, "-c", WATCH_AS_LIVE, decompressed(str(dump.vmcore)),
@@ -107,3 +106,19 @@ def test_watch_ends_cleanly_on_repeated_sigint(tmp_path: Path) -> None:
         time.sleep(0.002)
     out, err = proc.communicate()
     assert (proc.returncode, err) == (0, "")
+
+
+def test_watch_inside_drgn_gives_sigint_back(monkeypatch, capsys) -> None:
+    """%ksm summary --watch in drgn's REPL: Ctrl-C ends the watch, and the
+    REPL's own SIGINT handler is in place again afterwards."""
+    import threading
+
+    from ksminspect.commands.main import App, run
+
+    monkeypatch.setattr(App, "live", property(lambda self: True))  # a dump plays live
+    before = signal.getsignal(signal.SIGINT)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    code = run(["summary", "--watch", "0.05", "--format", "json"],
+               App(None, (), prog=drgn_program(DUMPS[0])))
+    assert code == 0 and signal.getsignal(signal.SIGINT) is before
+    assert len(capsys.readouterr().out.splitlines()) >= 3
