@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 import drgn
 
@@ -134,13 +134,15 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
     prog = drgn.Program()
     if core is None:
         _open_live(prog)
-    else:
+    given = list(symbols)
+    files = [decompressed(s) for s in given]
+    if core is not None:
         path = decompressed(core)
         try:
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
             cut = truncation(path)
-            prog = None if cut else _with_vmcoreinfo_from_memory(path)
+            prog = None if cut else _with_vmcoreinfo_from_memory(path, files)
             if prog is None:
                 raise TargetError(f"{core} cannot be read as a kernel core dump: "
                                   f"{cut or e}") from None
@@ -150,8 +152,6 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
         why = truncation(path)
         if why:
             prog.cache["ksminspect_truncated"] = f"{core}: {why}"
-    given = list(symbols)
-    files = [decompressed(s) for s in given]
     detail = ""
     try:
         if files:
@@ -171,18 +171,33 @@ PT_LOAD = 1
 VMCOREINFO_BYTES = 4096
 
 
-def vmcoreinfo_in_memory(path: str) -> Optional[bytes]:
+def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[bytes]:
     """The VMCOREINFO text that the kernel in the ELF core *path* keeps in its
     own memory, or None. A dump whose notes lack it (QEMU's dump-guest-memory
     without a vmcoreinfo device) still holds the page the kernel filled at
-    boot, KERNELOFFSET (KASLR) included on x86-64."""
+    boot, KERNELOFFSET (KASLR) included on x86-64. Of several copies (a
+    kernel before a kexec leaves its own), the one whose BUILD-ID is in
+    *build_ids* wins, then the first on a page boundary."""
+    found = list(_vmcoreinfo_copies(path))
+    wanted = {b"BUILD-ID=" + b.encode() + b"\n" for b in build_ids}
+    for text, _ in found:
+        if any(w in text for w in wanted):
+            return text
+    for text, aligned in found:
+        if aligned:
+            return text
+    return found[0][0] if found else None
+
+
+def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
+    """Each VMCOREINFO text in the PT_LOAD segments of *path*, and whether it
+    starts a page (vmcoreinfo_data is one page; vmcoreinfo_note's copy is not)."""
     import mmap
 
-    other = None  # a copy off a page boundary: vmcoreinfo_note's, or a stray one
     try:
         headers = elf_program_headers(path)
         if not headers:
-            return None
+            return
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             for p_type, paddr, offset, filesz in headers:
                 if p_type != PT_LOAD:
@@ -191,17 +206,15 @@ def vmcoreinfo_in_memory(path: str) -> Optional[bytes]:
                 while (at := m.find(b"OSRELEASE=", at, end)) >= 0:
                     text = m[at:min(at + VMCOREINFO_BYTES, end)].split(b"\0", 1)[0]
                     if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
-                        if (paddr + at - offset) % 4096 == 0:  # vmcoreinfo_data is a page
-                            return text
-                        other = other or text
+                        yield text, (paddr + at - offset) % 4096 == 0
                     at += 1
     except (OSError, EOFError, ValueError):
-        return None
-    return other
+        return
 
 
-def _with_vmcoreinfo_from_memory(path: str) -> Optional[drgn.Program]:
-    info = vmcoreinfo_in_memory(path)
+def _with_vmcoreinfo_from_memory(path: str, symbol_files: list[str]) -> Optional[drgn.Program]:
+    build_ids = [b for b in map(elf_build_id, symbol_files) if b]
+    info = vmcoreinfo_in_memory(path, build_ids)
     if info is None:
         return None
     prog = drgn.Program(vmcoreinfo=info)

@@ -149,16 +149,27 @@ def test_corrupt_compressed_dump(tmp_path: Path) -> None:
 
 def test_dump_without_vmcoreinfo_note(tmp_path: Path) -> None:
     """A QEMU dump whose guest never gave QEMU its VMCOREINFO (Debian builds
-    qemu_fw_cfg as a module) opens from the copy in the guest's memory. Here
-    a copy of a real dump loses its note's name; vmcores/scripts/
-    distro-dumps.sh makes such dumps of Debian's own kernels for real."""
+    qemu_fw_cfg as a module) opens from the copy in the guest's memory, the
+    copy of this kernel (by BUILD-ID) where a kexec left an older one. Here a
+    copy of a real dump loses its note's name and gains a stale copy below the
+    real one; vmcores/scripts/distro-dumps.sh makes such dumps for real."""
+    from ksminspect.program import elf_build_id, vmcoreinfo_in_memory
+
     core = tmp_path / "vmcore"
     shutil.copyfile(decompressed(str(DUMP.vmcore)), core)
+    real = vmcoreinfo_in_memory(str(core))
+    build_id = elf_build_id(decompressed(str(DUMP.debug)))
+    assert real and f"BUILD-ID={build_id}\n".encode() in real
+    stale = real.replace(build_id.encode(), b"0" * len(build_id))
     with open(core, "r+b") as f:
         head = f.read(1 << 20)
         at = head.index(b"VMCOREINFO\0")  # the note's name, in the notes up front
         f.seek(at)
         f.write(b"NOCOREINFO")
+        f.seek(file_offset(core, 0x1000))  # a page of low memory, before the real copy
+        f.write(stale + b"\0")
+    assert vmcoreinfo_in_memory(str(core)) == stale  # first on a page boundary
+    assert vmcoreinfo_in_memory(str(core), [build_id]) == real
     r = run_main("-c", str(core), "-s", str(DUMP.debug), "summary", "--format", "json")
     assert r.returncode == 0, r.stderr
     assert "has no VMCOREINFO note" in r.stderr and "using the copy in its memory" in r.stderr
