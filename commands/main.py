@@ -106,6 +106,21 @@ def _truncated_note() -> Optional[str]:
 def run(argv: Optional[Sequence[str]] = None, app: Optional[App] = None) -> int:
     """Run one ksminspect command line; returns its exit code. Every error
     ends here as one sentence on stderr."""
+    import gc
+
+    # A walk makes millions of small acyclic records; the cyclic collector
+    # would rescan them all, again and again, for nothing (up to 40% of
+    # stable-tree's time at a million items). Refcounting frees them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(argv, app)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
     import logging
 
     import drgn

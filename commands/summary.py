@@ -59,6 +59,7 @@ RATES = {"merged pages/s": "pages_sharing", "scanned pages/s": "pages_scanned",
 
 def watch_counters(app, interval: float, fmt: str) -> None:
     """Redraw the counters and their rates until Ctrl-C."""
+    import gc
     import json
     import signal
     import sys
@@ -69,6 +70,7 @@ def watch_counters(app, interval: float, fmt: str) -> None:
 
     if not app.live:
         raise KsmInspectError("--watch needs the live kernel: a dump does not change")
+    gc.enable()  # run() turns it off for walks; a watch may run for days
     if interval <= 0:
         raise click.BadParameter("must be above 0", param_hint="--watch")
     prog = app.prog
