@@ -116,8 +116,7 @@ def run(argv: Optional[Sequence[str]] = None, app: Optional[App] = None) -> int:
     try:
         return _run(argv, app)
     finally:
-        if collecting:
-            gc.enable()
+        (gc.enable if collecting else gc.disable)()  # as found (a watch turns it on)
 
 
 def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:

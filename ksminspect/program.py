@@ -138,10 +138,10 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
     files = [decompressed(s) for s in given]
     if core is not None:
         path = decompressed(core)
+        cut = truncation(path)
         try:
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
-            cut = truncation(path)
             prog = None if cut else _with_vmcoreinfo_from_memory(path, files)
             if prog is None:
                 raise TargetError(f"{core} cannot be read as a kernel core dump: "
@@ -149,9 +149,8 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
             prog.cache["ksminspect_vmcoreinfo_note"] = (
                 f"{core} has no VMCOREINFO note (a QEMU dump without -device vmcoreinfo, or "
                 f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")
-        why = truncation(path)
-        if why:
-            prog.cache["ksminspect_truncated"] = f"{core}: {why}"
+        if cut:
+            prog.cache["ksminspect_truncated"] = f"{core}: {cut}"
     detail = ""
     try:
         if files:
@@ -165,7 +164,6 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
     return prog
 
 
-PT_LOAD = 1
 # The text the kernel writes into vmcoreinfo_data at boot (kernel/vmcore_info.c,
 # crash_save_vmcoreinfo_init()): at most a page, NUL-terminated.
 VMCOREINFO_BYTES = 4096

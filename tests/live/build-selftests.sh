@@ -10,10 +10,8 @@ WORK=${WORK:-/var/tmp/ksminspect-build}
 src=$WORK/src/linux-6.12
 if [ ! -d "$src/tools/testing/selftests/mm" ]; then
     mkdir -p "$WORK/src" && cd "$WORK/src"
-    # A fresh machine's package lists may predate the package: update once.
-    ls linux-source-6.12_*.deb >/dev/null 2>&1 ||
-        apt-get -q download linux-source-6.12 >/dev/null 2>&1 ||
-        { apt-get update -qq && apt-get -q download linux-source-6.12 >/dev/null; }
+    . "$here/../../vmcores/scripts/apt-own.sh"
+    ls linux-source-6.12_*.deb >/dev/null 2>&1 || apt_own download linux-source-6.12 >/dev/null
     rm -rf linux-source-6.12 && dpkg-deb --fsys-tarfile linux-source-6.12_*.deb |
         tar -xO --wildcards '*/linux-source-6.12.tar.xz' | tar -xJ
     rm -rf "$src" && mv linux-source-6.12 "$src"

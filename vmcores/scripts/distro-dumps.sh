@@ -13,9 +13,7 @@ out=$(mkdir -p "$1" && cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$out"
 
-apt_own() {  # a fresh machine's package lists may predate the package
-    apt-get -q "$@" 2>/dev/null || { apt-get update -qq && apt-get -q "$@"; }
-}
+. "$here/apt-own.sh"
 image_of() {  # the kernel image package a Debian meta-package points at now
     apt_own install --simulate "$1" >/dev/null
     apt-cache depends "$1" | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -n1
@@ -39,7 +37,6 @@ while read -r name meta numa append; do
     dpkg-deb --fsys-tarfile "$image"_*.deb | tar -xO "./boot/vmlinuz-$release" >"$name/vmlinuz"
     dpkg-deb --fsys-tarfile "$image-dbg"_*.deb |
         tar -xO "./usr/lib/debug/boot/vmlinux-$release" >"$name/vmlinux"
-    # shellcheck disable=SC2086
     python3 "$here/make-dump.py" --kernel "$name/vmlinuz" --initrd init.cpio.gz \
         --out "$name" --memory 512 --numa "$numa" --append "$append" </dev/null
     python3 - "$name/truth.json" "$name" "$image" <<'PY'

@@ -3,6 +3,7 @@
 # The older (bullseye) and newer (sid) suites are reached through a private
 # sources file and lists directory so the machine's own apt state is untouched.
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/apt-own.sh"
 WORK=${WORK:-/var/tmp/ksminspect-build}
 mkdir -p "$WORK/src" "$WORK/apt/lists/partial"
 cd "$WORK/src"
@@ -21,9 +22,6 @@ get() {  # get PACKAGE [APT...]: download the .deb unless it is already here
 }
 get linux-source-5.10 "${aptx[@]}"
 get linux-source-7.2 "${aptx[@]}"
-apt_own() {  # the machine's own suites; a fresh machine's lists may predate the package
-    apt-get -q "$@" 2>/dev/null || { apt-get update -qq && apt-get -q "$@"; }
-}
 get linux-source-6.1 apt_own
 get linux-source-6.12 apt_own
 for deb in linux-source-*.deb; do
