@@ -47,12 +47,14 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
                                      f"known: {', '.join(CHECKS)}", param_hint="--only")
     report = check_live(prog, retries) if app.live else run_checks(prog)
     findings = [f for f in report.findings if not only or f.check in only.split(",")]
+    cannot_tell = {c: why for c, why in report.cannot_tell.items() if not only or c in only.split(",")}
     counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
     failing = counts["error"] + (counts["warning"] if strict else 0)
 
     if fmt == "json":
         emit_json({"findings": [finding_json(f) for f in findings], "counts": counts,
-                   "checks": list(CHECKS), "stats": report.stats, "live": app.live})
+                   "checks": list(CHECKS), "stats": report.stats, "live": app.live,
+                   "cannot_tell": cannot_tell})
     else:
         by_check: dict[str, list] = {}
         for f in findings:
@@ -67,6 +69,8 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
                          f.rule or "", f.message] for f in group],
                        ["severity", "object", "pid", "page", "rule", "message"])
             click.echo()
+        for name, why in cannot_tell.items():
+            click.echo(f"cannot tell ({name}): {why}")
         click.echo(f"{counts['error']} errors, {counts['warning']} warnings, "
                    f"{counts['info']} info; {len(CHECKS)} checks"
                    + (" (live kernel)" if app.live else ""))

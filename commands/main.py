@@ -28,6 +28,7 @@ class App:
     @property
     def prog(self):
         from ksminspect.layout import get_layout
+        from ksminspect.program import check_kernel_addresses
 
         if self._prog is None:
             from ksminspect.program import open_program
@@ -39,6 +40,7 @@ class App:
             truncated = self._prog.cache.get("ksminspect_truncated")
             if truncated:
                 click.echo(f"ksminspect: warning: {truncated}; reading what it holds", err=True)
+        check_kernel_addresses(self._prog)  # cached, as the layout is
         get_layout(self._prog)  # no KSM: fail here, before any output (cached)
         return self._prog
 
@@ -143,6 +145,9 @@ def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
         truncated = _truncated_note()
         return fail(f"memory the inspection needs cannot be read ({e}); "
                     + (truncated if truncated else "the dump may be truncated or damaged"))
+    except NotImplementedError as e:  # a drgn helper this architecture lacks
+        return fail(f"this needs what drgn cannot do for this kernel's architecture ({e}); "
+                    f"the other commands may still work")
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away: not an error of ours
         return 0

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .render import emit, emit_table, format_option, hexaddr, progress
+from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress
 
 
 def cursor_json(prog, cursor) -> dict[str, Any]:
@@ -82,3 +82,5 @@ def mm_command(app, fmt: str) -> None:
             click.echo(f"walk damage: {damage}", err=True)
 
     emit(fmt, data, table)
+    fail_if_walk_found_nothing(prog, "rmap_items", sum(sum(s.items.values()) for s in slots),
+                               bool(damage) or any(s.damage for s in slots))

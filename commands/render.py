@@ -40,6 +40,19 @@ def emit(fmt: str, data: Any, table: Callable[[], None]) -> None:
         table()
 
 
+def fail_if_walk_found_nothing(prog, counter: str, walked: int, damaged: bool) -> None:
+    """After the output: exit with EXIT_FINDINGS and say why, when a full walk
+    found nothing of what the kernel's *counter* says it holds, and no walk
+    damage (already said) explains it."""
+    from ksminspect.counters import walk_found_nothing
+    from ksminspect.errors import EXIT_FINDINGS
+
+    why = None if damaged else walk_found_nothing(prog, counter, walked)
+    if why:
+        click.echo(f"ksminspect: error: {why}", err=True)
+        click.get_current_context().exit(EXIT_FINDINGS)
+
+
 def progress(items: Iterable, label: str) -> Iterable:
     """A progress bar on stderr for long walks, only when stderr is a terminal."""
     if not sys.stderr.isatty():

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 
 import click
 
-from .render import emit, emit_table, format_option, hexaddr, progress
+from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress
 
 
 class Hex(click.ParamType):
@@ -97,6 +97,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
     w = walker(prog)
     has_offset = w.layout.rmap_item.offset is not None
     damage: list[str] = []
+    walked = [0]  # every item walked, before the filters
 
     def items() -> Iterator[tuple[Any, Any]]:
         try:
@@ -109,6 +110,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
                     continue
                 try:
                     for item in w.for_each_rmap_item(first, slot):
+                        walked[0] += 1
                         if state is None or item.state.value == state:
                             yield item, owner
                 except WalkDamage as e:
@@ -119,19 +121,21 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
     if fmt == "json":
         stream_json("items", (item_json(i, o, has_offset, all_fields) for i, o in items()),
                     {"damage": damage})
-        return
-    rows = []
-    for item, owner in progress(items(), "rmap_items"):
-        row = [f"{item.address:#x}", owner.pid if owner.pid is not None else "-",
-               f"{item.page_address:#x}", item.state.value,
-               fields_text(item.meaningful(has_offset))]
-        if all_fields:
-            row.append(fields_text(item.other(has_offset)))
-        rows.append(row)
-    emit_table(rows, ["item", "pid", "page address", "state", "fields"]
-               + (["other interpretation"] if all_fields else []))
-    for d in damage:
-        click.echo(f"walk damage: {d}", err=True)
+    else:
+        rows = []
+        for item, owner in progress(items(), "rmap_items"):
+            row = [f"{item.address:#x}", owner.pid if owner.pid is not None else "-",
+                   f"{item.page_address:#x}", item.state.value,
+                   fields_text(item.meaningful(has_offset))]
+            if all_fields:
+                row.append(fields_text(item.other(has_offset)))
+            rows.append(row)
+        emit_table(rows, ["item", "pid", "page address", "state", "fields"]
+                   + (["other interpretation"] if all_fields else []))
+        for d in damage:
+            click.echo(f"walk damage: {d}", err=True)
+    if pid is None and mm_addr is None:
+        fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(damage))
 
 
 @click.command("unstable-tree")
@@ -194,3 +198,5 @@ def unstable_tree(app, fmt: str) -> None:
             click.echo(f"walk damage: {d}", err=True)
 
     emit(fmt, data, table)
+    fail_if_walk_found_nothing(prog, "pages_unshared", sum(len(items) for _, items in trees),
+                               bool(damage))

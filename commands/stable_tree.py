@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from .render import emit, format_option, hexaddr, progress
+from .render import emit, fail_if_walk_found_nothing, format_option, hexaddr, progress
 
 
 def sharer_json(s) -> dict[str, Any]:
@@ -130,8 +130,10 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     migrate: list = []
     all_dups: dict[int, int] = {}
     damage = []
+    walked = 0  # entries walked, before the filters
     try:
         for e in progress(for_each_stable_tree_node(app.prog), "stable nodes"):
+            walked += 1
             if e.tree_nid is None:
                 if _keep(e, min_sharers, pid):
                     migrate.append(e)
@@ -159,3 +161,5 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
             click.echo(f"walk damage: {d}", err=True)
 
     emit(fmt, data, table)
+    if nid is None:
+        fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))

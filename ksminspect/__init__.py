@@ -15,6 +15,9 @@ The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
 - :func:`read_counters`, :func:`read_tunables`, :func:`walk_counts`
 - :func:`read_scan_cursor`
 - :func:`run_checks` -- every check, as :class:`Finding` records
+- :func:`open_program` -- a dump or the live kernel opened as ksminspect
+  opens it: compressed files, a missing VMCOREINFO note, x86-32's missing
+  KASLR offset
 - :func:`vmcoreinfo_in_memory` -- the VMCOREINFO text of a dump that lacks
   the note, for ``drgn.Program(vmcoreinfo=...)``
 """
@@ -26,7 +29,7 @@ from ksminspect.counters import read_counters, read_tunables, walk_counts
 from ksminspect.decode import ItemState, NodeKind, RmapItem, StableNode
 from ksminspect.layout import KsmLayout, get_layout
 from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_owner
-from ksminspect.program import vmcoreinfo_in_memory
+from ksminspect.program import open_program, vmcoreinfo_in_memory
 from ksminspect.scan import ScanCursor, read_scan_cursor
 from ksminspect.stable import Sharer, StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import Damage, WalkDamage, Walker, walker
@@ -35,6 +38,6 @@ __all__ = [
     "CHECKS", "CheckReport", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
     "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "StableNode",
     "StableTreeNode", "WalkDamage", "Walker", "for_each_mm_slot", "for_each_stable_tree_node",
-    "get_layout", "mm_counters", "mm_owner", "read_counters", "read_scan_cursor",
+    "get_layout", "mm_counters", "mm_owner", "open_program", "read_counters", "read_scan_cursor",
     "read_tunables", "run_checks", "vmcoreinfo_in_memory", "walk_counts", "walker",
 ]

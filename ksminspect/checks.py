@@ -12,13 +12,15 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import drgn
 
-from ksminspect.counters import read_counters, read_tunables
+from ksminspect.counters import nothing_found, read_counters, read_tunables
 from ksminspect.decode import ItemState, RmapItem, StableNode
-from ksminspect.layout import MAX_REMAINING_SKIPS, SEQNR_MASK, KsmLayout
+from ksminspect.errors import HELPER_LIMITS
+from ksminspect.layout import (MAX_REMAINING_SKIPS, PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM,
+                               SEQNR_MASK, KsmLayout)
 from ksminspect.mm import MmOwner, mm_counters, mm_owner
 from ksminspect.scan import unstable_tree_seqnr
 from ksminspect.walk import Damage, WalkDamage, Walker, walker
@@ -71,7 +73,8 @@ CHECKS: dict[str, str] = {
 }
 
 
-_UNKNOWN = object()
+_UNKNOWN = object()  # not looked up yet
+_NO_ANSWER = object()  # looked up, but the lookup cannot run on this target
 
 
 @dataclass
@@ -87,6 +90,9 @@ class _Vma:
 class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    # check id -> why it could not run (wholly or for some objects) on this
+    # target: a tool's limit, never a finding about the kernel
+    cannot_tell: dict[str, str] = field(default_factory=dict)
 
 
 class _Checker:
@@ -99,7 +105,8 @@ class _Checker:
         self.w: Walker = walker(prog) if fast else Walker(prog, chunked=False)
         self.layout: KsmLayout = self.w.layout
         self.report = CheckReport()
-        self.vmas: dict[int, tuple[list[_Vma], list[int]]] = {}
+        self.vmas: dict[int, Optional[tuple[list[_Vma], list[int]]]] = {}
+        self.unreadable_vmas: set[int] = set()  # mms whose VMAs cannot be read
         # (mm, VMA, whether KSM may merge in it) of the last lookup
         self.last_vma: Optional[tuple[int, _Vma, bool]] = None
         self.counters = read_counters(prog)
@@ -137,6 +144,11 @@ class _Checker:
             pid = self.owner(mm).pid
         self.report.findings.append(Finding(check, severity, address, message, mm, pid, page, rule))
 
+    def cannot_tell(self, checks: tuple[str, ...], why: str) -> None:
+        """*checks* could not judge some objects, because *why*."""
+        for check in checks:
+            self.report.cannot_tell.setdefault(check, why)
+
     def damage(self, d: Damage) -> None:
         self.add("walk-damage", Severity.ERROR, d.address, d.sentence())
 
@@ -147,10 +159,12 @@ class _Checker:
         last = self.last_vma
         if last is not None and last[0] == mm and last[1].start <= address < last[1].end:
             return last[1]  # items come in address order: mostly the same VMA
-        entry = self.vmas.get(mm)
-        if entry is None:
+        if mm not in self.vmas:
             vmas = self._read_vmas(mm)
-            entry = self.vmas[mm] = (vmas, [v.start for v in vmas])
+            self.vmas[mm] = None if vmas is None else (vmas, [v.start for v in vmas])
+        entry = self.vmas[mm]
+        if entry is None:
+            return None  # unknown: mm is in unreadable_vmas
         vmas, starts = entry
         i = bisect.bisect_right(starts, address) - 1
         if i >= 0 and vmas[i].start <= address < vmas[i].end:
@@ -159,7 +173,9 @@ class _Checker:
             return vma
         return None
 
-    def _read_vmas(self, mm: int) -> list[_Vma]:
+    def _read_vmas(self, mm: int) -> Optional[list[_Vma]]:
+        """The VMAs of *mm* in address order; None (and *mm* in
+        unreadable_vmas) where they cannot be read whole."""
         from drgn.helpers.linux.mm import for_each_vma
 
         out = []
@@ -167,21 +183,33 @@ class _Checker:
             for vma in for_each_vma(drgn.Object(self.prog, "struct mm_struct *", mm)):
                 out.append(_Vma(vma.vm_start.value_(), vma.vm_end.value_(), vma.vm_pgoff.value_(),
                                 _vm_flags(vma), vma.anon_vma.value_()))
-        except (drgn.FaultError, ValueError, LookupError):
-            pass
-        return sorted(out, key=lambda v: v.start)
+        except (drgn.FaultError, ValueError) as e:
+            why = f"the VMAs of mm {mm:#x} cannot be read ({e})"
+        except HELPER_LIMITS as e:
+            why = f"drgn's for_each_vma() cannot run on this kernel ({e})"
+        else:
+            return sorted(out, key=lambda v: v.start)
+        self.unreadable_vmas.add(mm)
+        self.cannot_tell(("vma-mergeable", "wrong-offset"), why)
+        return None
 
-    def anon_vma_state(self, address: int) -> Optional[str]:
-        """None if *address* is a live anon_vma, else why not."""
+    def anon_vma_state(self, address: int) -> Any:
+        """None if *address* is a live anon_vma, else why not (a sentence),
+        or _NO_ANSWER where slab objects cannot be looked up here."""
         if address in self.anon_vma_live:
             return self.anon_vma_live[address]
         from drgn.helpers.linux.slab import slab_object_info
 
-        why: Optional[str]
+        why: Any
         try:
             info = slab_object_info(self.prog, address)
-        except (drgn.FaultError, ValueError, LookupError):
+        except (drgn.FaultError, ValueError):
             info = None
+        except HELPER_LIMITS as e:
+            self.cannot_tell(("anon-vma", "stale-anon-vma"),
+                             f"drgn's slab_object_info() cannot run on this kernel ({e})")
+            self.anon_vma_live[address] = _NO_ANSWER
+            return _NO_ANSWER
         if info is None:
             why = "is not in a slab object"
         elif info.address != address:
@@ -302,12 +330,13 @@ class _Checker:
         why = self.anon_vma_live.get(item.anon_vma, _UNKNOWN)
         if why is _UNKNOWN:
             why = self.anon_vma_state(item.anon_vma) if item.anon_vma else "is NULL"
-        if why:
+        if why and why is not _NO_ANSWER:
             self.add("anon-vma", Severity.ERROR, item.address,
                      f"stable rmap_item {item.address:#x}: its anon_vma {item.anon_vma:#x} {why}", item)
         vma = self.vma_at(item.mm, item.page_address)
+        vmas_known = item.mm not in self.unreadable_vmas
         if vma is None:
-            if not self.owner(item.mm).exited:
+            if vmas_known and not self.owner(item.mm).exited:
                 self.add("vma-mergeable", Severity.ERROR, item.address,
                          f"stable rmap_item {item.address:#x}: no VMA maps {item.page_address:#x}", item)
         elif not (vma.flags & self.vm_mergeable or self.merges_any(item.mm)):
@@ -317,7 +346,7 @@ class _Checker:
         if self.layout.rmap_item.offset is not None:
             index = self.linear_page_index(item)
             allowed = {index} | ({vma.pgoff} if vma else set())
-            if item.offset not in allowed:
+            if item.offset not in allowed and vmas_known:
                 self.add("wrong-offset", Severity.ERROR, item.address,
                          f"stable rmap_item {item.address:#x} at {item.page_address:#x}: its "
                          f"{self.layout.rmap_item.offset_member} is {item.offset:#x}, neither its linear page "
@@ -349,6 +378,8 @@ class _Checker:
         if self.layout.numa and (slot & 0xFFFFFFFF) < 1024 and self.anon_vma_state(slot):
             return  # a nid left from an unstable period, under old high bytes
         why = self.anon_vma_state(slot)
+        if why is _NO_ANSWER:
+            return
         if why is None:
             self.add("stale-anon-vma", Severity.INFO, item.address,
                      f"{item.state.value} rmap_item {item.address:#x} keeps the anon_vma {slot:#x} "
@@ -363,10 +394,12 @@ class _Checker:
         """age and remaining_skips against what smart scan can produce."""
         if item.age is None:
             return
-        if item.state is ItemState.STABLE and self.layout.rmap_item.offset is not None:
+        covered = self.layout.rmap_item.offset_covers_age
+        if item.state is ItemState.STABLE and covered:
             return  # the bytes belong to the offset
-        cause = (f"a leftover {self.layout.rmap_item.offset_member}"
-                 if self.layout.rmap_item.offset is not None else "corruption")
+        # On 32-bit the offset covers oldchecksum only: age and
+        # remaining_skips stay smart scan's, and garbage there is not the seed's.
+        cause = f"a leftover {self.layout.rmap_item.offset_member}" if covered else "corruption"
         if item.remaining_skips > MAX_REMAINING_SKIPS:
             self.add("overlay-garbage", Severity.ERROR, item.address,
                      f"rmap_item {item.address:#x} has remaining_skips {item.remaining_skips}, above the "
@@ -491,14 +524,17 @@ class _Checker:
     def check_kpfn(self, node: StableNode) -> None:
         try:
             mapping = self.page_mapping(node.kpfn)
+        except HELPER_LIMITS as e:
+            self.cannot_tell(("kpfn",), f"drgn's pfn_to_page() cannot run on this kernel ({e})")
+            return
         except (drgn.FaultError, OverflowError, ValueError, WalkDamage):
             self.add("kpfn", Severity.ERROR, node.address,
                      f"stable node {node.address:#x} has kpfn {node.kpfn:#x}, which has no readable "
                      f"struct page")
             return
-        if mapping != node.address | 3:
+        if mapping != node.address | PAGE_MAPPING_KSM:
             # a KSM page freed while its node waits to be pruned is normal
-            sev = Severity.INFO if mapping & 3 != 3 else Severity.ERROR
+            sev = Severity.INFO if mapping & PAGE_MAPPING_FLAGS != PAGE_MAPPING_KSM else Severity.ERROR
             self.add("kpfn", sev, node.address,
                      f"stable node {node.address:#x}: the page at kpfn {node.kpfn:#x} has mapping "
                      f"{mapping:#x}, not this node | PAGE_MAPPING_KSM"
@@ -568,7 +604,8 @@ class _Checker:
         for name, value in walked.items():
             if c.get(name) != value:
                 self.add("global-counters", Severity.ERROR, None,
-                         f"{name} is {c.get(name)} in the kernel but the walk counts {value}"
+                         nothing_found(name, c.get(name), value)
+                         or f"{name} is {c.get(name)} in the kernel but the walk counts {value}"
                          + (" (a walk was cut short by damage)" if damaged else ""))
         self.report.stats.update(walked)
         self.report.stats["stable_items"] = len(self.stable_items)
@@ -585,12 +622,16 @@ class _Checker:
             self.layout.mm_slot.type_name: self.mm_slots,
         }
         rmap_type = self.layout.rmap_item.type_name
-        for cache_name, type_name, found in allocated_objects(self.prog, self.layout):
+        try:
+            caches = list(allocated_objects(self.prog, self.layout))
+        except HELPER_LIMITS as e:
+            self.cannot_tell(("orphans",), f"drgn's slab helpers cannot run on this kernel ({e})")
+            return
+        for cache_name, type_name, found in caches:
             if found is None:
-                self.add("orphans", Severity.INFO, None,
-                         f"struct {type_name} objects share the merged slab cache {cache_name} "
-                         f"with other types (boot with slab_nomerge to keep them apart): "
-                         f"orphans not checked")
+                self.cannot_tell(("orphans",),
+                                 f"struct {type_name} objects share the merged slab cache {cache_name} "
+                                 f"with other types (boot with slab_nomerge to keep them apart)")
                 continue
             for address in sorted(set(found) - reached.get(type_name, set())):
                 if type_name == rmap_type and self.damaged_mms and self._item_mm(address) in self.damaged_mms:
@@ -645,7 +686,7 @@ def check_live(prog: drgn.Program, attempts: int = 3) -> CheckReport:
         if not any(f.severity != Severity.INFO for f in reports[-1].findings if f.key in common):
             break
     last = reports[-1]
-    out = CheckReport(stats=dict(last.stats))
+    out = CheckReport(stats=dict(last.stats), cannot_tell=dict(last.cannot_tell))
     out.stats["attempts"] = len(reports)
     out.stats["dropped_as_races"] = sum(1 for f in last.findings if f.key not in common)
     for f in last.findings:

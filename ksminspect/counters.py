@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 import drgn
 
 from ksminspect.decode import ItemState
+from ksminspect.layout import read_variable
 from ksminspect.mm import mm_counters
 from ksminspect.walk import WalkDamage, Walker, walker
 
@@ -18,9 +19,8 @@ Value = Union[int, str]
 
 def _var(name: str) -> Callable[[drgn.Program], Optional[int]]:
     def read(prog: drgn.Program) -> Optional[int]:
-        try:
-            obj = prog[name]
-        except KeyError:
+        obj = read_variable(prog, name)
+        if obj is None:
             return None
         if obj.type_.unaliased_kind() == drgn.TypeKind.STRUCT:
             obj = obj.counter  # atomic_long_t (v6.10)
@@ -107,6 +107,31 @@ def read_tunables(prog: drgn.Program) -> dict[str, Value]:
         scan_time = advisor.value_() == prog.constant("KSM_ADVISOR_SCAN_TIME").value_()
         out["advisor_mode"] = "none [scan-time]" if scan_time else "[none] scan-time"
     return out
+
+
+# What a full walk of one kind lists, by the counter that says how many there are.
+_WALKED_OBJECTS = {
+    "rmap_items": "rmap_item on the rmap_lists of ksm_mm_head",
+    "pages_shared": "KSM page in the stable trees",
+    "pages_unshared": "rmap_item in the unstable trees",
+}
+
+
+def nothing_found(counter: str, expected: Optional[int], walked: int) -> Optional[str]:
+    """A sentence when a full walk found no object although the kernel's
+    *counter* (a key of :data:`_WALKED_OBJECTS`) is *expected* > 0; else None.
+    An empty answer there is a damaged structure or a misread layout, never
+    a KSM at rest."""
+    if walked or not expected or counter not in _WALKED_OBJECTS:
+        return None
+    return (f"the kernel's {counter} is {expected}, but the walk found no "
+            f"{_WALKED_OBJECTS[counter]}: the structures are damaged, or ksminspect misreads "
+            f"this kernel's layout (please report it); what is shown is not KSM's state")
+
+
+def walk_found_nothing(prog: drgn.Program, counter: str, walked: int) -> Optional[str]:
+    """:func:`nothing_found` against the kernel's own counter."""
+    return None if walked else nothing_found(counter, read_counters(prog).get(counter), walked)
 
 
 @dataclass

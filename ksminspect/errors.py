@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import drgn
+
 # Exit codes shared by every command.
 EXIT_OK = 0
 EXIT_FINDINGS = 1  # error-level findings (check)
@@ -20,3 +22,11 @@ class NoKsmError(KsmInspectError):
 
 class TargetError(KsmInspectError):
     """The dump, the live kernel or the debug info cannot be opened or read."""
+
+
+# What a drgn helper raises when it cannot do its job on this kernel, as
+# opposed to memory that says something: no page-table walker for the
+# architecture (NotImplementedError, e.g. i386), a type or symbol the helper
+# needs that this configuration lacks (LookupError), a variable the compiler
+# folded away (ObjectAbsentError). The answer is then "cannot tell".
+HELPER_LIMITS = (NotImplementedError, LookupError, drgn.ObjectAbsentError)

@@ -21,6 +21,11 @@ UNSTABLE_FLAG = 0x100  # is a node of the unstable tree
 STABLE_FLAG = 0x200  # is listed from the stable tree
 STABLE_NODE_CHAIN = -1024  # rmap_hlist_len of a chain head (v4.13)
 MAX_REMAINING_SKIPS = 8  # skip_age() never returns more (v6.7)
+# page->mapping of a KSM page is its stable node with both low bits set:
+# PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE, PAGE_MAPPING_KSM (FOLIO_MAPPING_*
+# in newer kernels).
+PAGE_MAPPING_FLAGS = 0x3
+PAGE_MAPPING_KSM = 0x3
 
 # Names the seed series gave the page offset it overlays on the unstable-only
 # fields: "vm_pgoff" (v4), "pgoff" (v7), "linear_page_index" (v8).
@@ -39,6 +44,19 @@ def _member_size(type_: drgn.Type, member: str) -> Optional[int]:
         return drgn.sizeof(type_.member(member).type)
     except LookupError:
         return None
+
+
+def read_variable(prog: drgn.Program, name: str) -> Optional[drgn.Object]:
+    """The kernel variable *name*, or None where this kernel has none with a
+    value: the symbol is missing (a config or version without it), or the
+    compiler folded it away and the debug info gives it neither a location
+    nor a constant value (e.g. ``root_stable_tree`` without CONFIG_NUMA, which
+    mm/ksm.c never writes)."""
+    try:
+        obj = prog[name]
+    except KeyError:
+        return None
+    return None if obj.absent_ else obj
 
 
 def _find_type(prog: drgn.Program, *names: str) -> Optional[drgn.Type]:
@@ -71,6 +89,13 @@ class RmapItemLayout:
     offset_member: Optional[str]  # the seed's page offset, under its name
     offset: Optional[int]
     offset_size: Optional[int]
+
+    @property
+    def offset_covers_age(self) -> bool:
+        """The seed's offset overlays age (and remaining_skips): an 8-byte
+        unsigned long does; a 32-bit kernel's covers oldchecksum only."""
+        return (self.offset is not None and self.age is not None and self.offset_size is not None
+                and self.offset <= self.age < self.offset + self.offset_size)
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,24 @@ class MmStructLayout:
 
 
 @dataclass(frozen=True)
+class TreeRootsLayout:
+    """Where the ``struct rb_root``s of ``root_stable_tree`` or
+    ``root_unstable_tree`` are.
+
+    v3.9's "ksm: allow trees per NUMA node" made each a ``struct rb_root *``
+    pointing at ``ksm_nr_node_ids`` roots (``one_stable_tree[1]`` until NUMA
+    merging needs more). Without CONFIG_NUMA mm/ksm.c never writes the
+    pointer, so the compiler folds it into ``one_*_tree`` and leaves it no
+    location: then the roots are ``one_*_tree`` itself. Before v3.9 the
+    variable was the one ``struct rb_root``.
+    """
+
+    pointer: Optional[int]  # address of the struct rb_root * variable, to read
+    roots: int  # address of the first struct rb_root when there is no pointer
+    nr_node_ids: Optional[int]  # address of int ksm_nr_node_ids (CONFIG_NUMA)
+
+
+@dataclass(frozen=True)
 class KsmLayout:
     rmap_item: RmapItemLayout
     stable_node: StableNodeLayout
@@ -135,6 +178,8 @@ class KsmLayout:
     numa: bool
     ksm_mm_head: int  # address of the list_head that ksm_mm_head's slots hang on
     migrate_nodes: Optional[int]  # address of LIST_HEAD(migrate_nodes), v3.9
+    root_stable_tree: TreeRootsLayout
+    root_unstable_tree: TreeRootsLayout
     vm_mergeable: int  # VM_MERGEABLE mask of vma->vm_flags
     mmf_vm_merge_any: Optional[int]  # bit of mm->flags: the mm merges every VMA (v6.4)
 
@@ -245,10 +290,22 @@ def _mm_struct_layout(prog: drgn.Program) -> MmStructLayout:
 
 
 def _address_of(prog: drgn.Program, name: str) -> Optional[int]:
-    try:
-        return prog[name].address_
-    except (KeyError, LookupError):
-        return None
+    obj = read_variable(prog, name)
+    return None if obj is None else obj.address_
+
+
+def _tree_roots_layout(prog: drgn.Program, name: str, single: str) -> TreeRootsLayout:
+    var = prog[name]
+    nr_node_ids = _address_of(prog, "ksm_nr_node_ids")
+    if var.type_.unaliased_kind() != drgn.TypeKind.POINTER:  # before v3.9: the root itself
+        return TreeRootsLayout(pointer=None, roots=var.address_, nr_node_ids=None)
+    if not var.absent_:
+        return TreeRootsLayout(pointer=var.address_, roots=0, nr_node_ids=nr_node_ids)
+    roots = _address_of(prog, single)
+    if roots is None:
+        raise NoKsmError(f"{name} has no location in the debug info and {single}, which "
+                         f"it is folded into without CONFIG_NUMA, is missing too")
+    return TreeRootsLayout(pointer=None, roots=roots, nr_node_ids=None)
 
 
 def detect_layout(prog: drgn.Program) -> KsmLayout:
@@ -260,24 +317,31 @@ def detect_layout(prog: drgn.Program) -> KsmLayout:
                          "(CONFIG_KSM is off, or the debug info lacks mm/ksm.c)") from None
     rmap_item = _rmap_item_layout(prog)
     mm_slot, mm_head = _mm_slot_layout(prog)
-    try:
-        page_shift = prog["PAGE_SHIFT"].value_()
-    except KeyError:
-        page_shift = 12
+    page_shift_var = read_variable(prog, "PAGE_SHIFT")  # drgn has it from VMCOREINFO
+    page_shift = page_shift_var.value_() if page_shift_var is not None else 12
     return KsmLayout(
         rmap_item=rmap_item,
         stable_node=_stable_node_layout(prog),
         mm_slot=mm_slot,
         mm_struct=_mm_struct_layout(prog),
-        pointer_size=prog.type("void *").size,
+        pointer_size=_kernel_word(prog),
         little_endian=prog.platform.flags & drgn.PlatformFlags.IS_LITTLE_ENDIAN != 0,
         page_shift=page_shift,
         numa=rmap_item.nid is not None,
         ksm_mm_head=mm_head,
         migrate_nodes=_address_of(prog, "migrate_nodes"),
+        root_stable_tree=_tree_roots_layout(prog, "root_stable_tree", "one_stable_tree"),
+        root_unstable_tree=_tree_roots_layout(prog, "root_unstable_tree", "one_unstable_tree"),
         vm_mergeable=_vm_mergeable(prog),
         mmf_vm_merge_any=30 if _address_of(prog, "ksm_enable_merge_any") is not None else None,
     )
+
+
+def _kernel_word(prog: drgn.Program) -> int:
+    """The size of the kernel's pointers, from its debug info. Never the core
+    file's: QEMU writes an ELF64 core for an i386 guest, and drgn then calls
+    the platform 64-bit (``void *`` of 8 bytes)."""
+    return drgn.sizeof(prog.type("struct list_head").member("next").type)
 
 
 def _vm_mergeable(prog: drgn.Program) -> int:

@@ -10,14 +10,20 @@ from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
 from drgn.helpers.linux.pid import find_task
 
 from ksminspect.decode import RmapItem
-from ksminspect.errors import KsmInspectError
+from ksminspect.errors import HELPER_LIMITS, KsmInspectError
+from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import WalkDamage, walker
 
-# PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE (FOLIO_MAPPING_* in newer kernels):
-# page->mapping of a KSM page is its stable node with these low bits set.
-PAGE_MAPPING_FLAGS = 0x3
-PAGE_MAPPING_KSM = 0x3
+
+def _drgn_helper(helper, *args):
+    """*helper*(*args), or a "cannot tell" refusal where the helper cannot
+    run on this kernel (e.g. no page-table walker for the architecture)."""
+    try:
+        return helper(*args)
+    except HELPER_LIMITS as e:
+        raise KsmInspectError(f"cannot tell: drgn's {helper.__name__}() cannot run on this "
+                              f"kernel ({e})") from None
 
 
 @dataclass
@@ -39,7 +45,7 @@ class PageReport:
 
 def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
     """``(struct page *, page->mapping)`` of *pfn*."""
-    page = pfn_to_page(prog, pfn)
+    page = _drgn_helper(pfn_to_page, prog, pfn)
     try:
         return page.value_(), page.mapping.value_()
     except drgn.FaultError:
@@ -90,7 +96,7 @@ def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapI
                 if item.page_address != address:
                     continue
                 try:
-                    mapped = follow_pfn(drgn.Object(prog, "struct mm_struct *", mm), address)
+                    mapped = _drgn_helper(follow_pfn, drgn.Object(prog, "struct mm_struct *", mm), address)
                 except (drgn.FaultError, ValueError):
                     continue
                 if mapped is not None and mapped.value_() == pfn:
@@ -124,7 +130,7 @@ def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
     page_address = address & walker(prog).layout.page_mask
     items = _items_at(prog, mm, page_address)
     try:
-        pfn = follow_pfn(task.mm, page_address)
+        pfn = _drgn_helper(follow_pfn, task.mm, page_address)
     except (drgn.FaultError, ValueError):
         pfn = None
     if pfn is None:

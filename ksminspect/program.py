@@ -8,11 +8,12 @@ import gzip
 import hashlib
 import lzma
 import os
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import drgn
 
@@ -83,26 +84,41 @@ def decompressed(path: str) -> str:
 PT_LOAD = 1
 
 
-def elf_program_headers(path: str) -> Optional[list[tuple[int, int, int, int]]]:
-    """``(p_type, p_paddr, p_offset, p_filesz)`` of each program header of an
-    ELF64 file; None if it is not ELF64. Raises EOFError if the file ends
-    inside its headers."""
+class ProgramHeader(NamedTuple):
+    type: int  # p_type
+    vaddr: int  # p_vaddr: 0 in a dump of physical memory only
+    paddr: int  # p_paddr
+    offset: int  # p_offset
+    filesz: int  # p_filesz
+
+
+# ELF class -> (e_phoff format and offset, e_phentsize offset, one program
+# header's format with its fields in ProgramHeader's order).
+_PHDR = {
+    1: ("I", 0x1C, 0x2A, "I4xIIII"),  # Elf32_Phdr: type, offset, vaddr, paddr, filesz
+    2: ("Q", 0x20, 0x36, "I4xQQQQ"),  # Elf64_Phdr: type, flags, offset, vaddr, paddr, filesz
+}
+
+
+def elf_program_headers(path: str) -> Optional[list[ProgramHeader]]:
+    """The program headers of an ELF core (ELF32 or ELF64); None if it is not
+    ELF. Raises EOFError if the file ends inside its headers."""
     with open(path, "rb") as f:
         head = f.read(64)
-        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+        if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in _PHDR:
             return None
+        word, phoff_at, phentsize_at, phdr = _PHDR[head[4]]
         end = "<" if head[5] == 1 else ">"
-        phoff, = struct.unpack_from(end + "Q", head, 0x20)
-        phentsize, phnum = struct.unpack_from(end + "HH", head, 0x36)
+        phoff, = struct.unpack_from(end + word, head, phoff_at)
+        phentsize, phnum = struct.unpack_from(end + "HH", head, phentsize_at)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
     if len(table) < phentsize * phnum:
         raise EOFError("the file ends inside its program headers")
     out = []
     for i in range(phnum):
-        p_type, _, p_offset, _, p_paddr, p_filesz = struct.unpack_from(
-            end + "IIQQQQ", table, i * phentsize)
-        out.append((p_type, p_paddr, p_offset, p_filesz))
+        p_type, offset, vaddr, paddr, filesz = struct.unpack_from(end + phdr, table, i * phentsize)
+        out.append(ProgramHeader(p_type, vaddr, paddr, offset, filesz))
     return out
 
 
@@ -121,7 +137,7 @@ def truncation(path: str) -> Optional[str]:
         return None
     if headers is None:
         return None
-    need = max((offset + filesz for _, _, offset, filesz in headers), default=0)
+    need = max((h.offset + h.filesz for h in headers), default=0)
     if need > size:
         return f"it is truncated: {size} bytes of the {need} its program headers describe"
     return None
@@ -131,37 +147,177 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
     """A :class:`drgn.Program` for the vmcore *core* (compressed is fine), or
     for the running kernel when *core* is None, with debug info loaded from
     *symbols* or by drgn's default search."""
-    prog = drgn.Program()
-    if core is None:
-        _open_live(prog)
     given = list(symbols)
     files = [decompressed(s) for s in given]
-    if core is not None:
+    if core is None:
+        prog = drgn.Program()
+        _open_live(prog)
+        detail = _load_debug_info(prog, files)
+    else:
         path = decompressed(core)
         cut = truncation(path)
+        info: Optional[bytes] = None
         try:
+            prog = drgn.Program()
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
-            prog = None if cut else _with_vmcoreinfo_from_memory(path, files)
+            info = None if cut else vmcoreinfo_in_memory(path, [b for b in map(elf_build_id, files) if b])
+            prog = _open_core(path, info) if info else None
             if prog is None:
                 raise TargetError(f"{core} cannot be read as a kernel core dump: "
                                   f"{cut or e}") from None
             prog.cache["ksminspect_vmcoreinfo_note"] = (
                 f"{core} has no VMCOREINFO note (a QEMU dump without -device vmcoreinfo, or "
                 f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")
+        detail = _load_debug_info(prog, files)
+        fixed = _with_kernel_offset(prog, info or elf_vmcoreinfo_note(path))
+        if fixed:
+            note = prog.cache.get("ksminspect_vmcoreinfo_note")
+            prog = _open_core(path, fixed) or prog
+            detail = _load_debug_info(prog, files)
+            if note:
+                prog.cache["ksminspect_vmcoreinfo_note"] = note
         if cut:
             prog.cache["ksminspect_truncated"] = f"{core}: {cut}"
-    detail = ""
+    if not _has_kernel_types(prog):
+        raise TargetError(_missing_debug_info_message(prog, dict(zip(given, files)), detail))
+    if core is not None and not cut:
+        _check_translation(prog, core, path)
+    return prog
+
+
+def _check_translation(prog: drgn.Program, core: str, path: str) -> None:
+    """Refuse, saying how to take a readable one, a dump that holds physical
+    memory only (QEMU's dump-guest-memory without paging writes each segment
+    at its physical address) of a kernel whose virtual addresses drgn cannot
+    translate (no page-table walker for the architecture, e.g. i386)."""
+    try:
+        headers = elf_program_headers(path)
+        address = prog.symbol("init_uts_ns").address
+    except (OSError, EOFError, LookupError):
+        return
+    loads = [h for h in headers or [] if h.type == PT_LOAD]
+    if not loads or any(h.vaddr not in (0, h.paddr) for h in loads):
+        return  # a dump with virtual addresses, or not ELF
+    try:
+        prog.read(address, 1)
+        return
+    except drgn.FaultError:
+        pass
+    from drgn.helpers.linux.mm import follow_phys
+
+    try:  # an mm made up of a null pgd: asks drgn for a walker, reads nothing first
+        follow_phys(drgn.Object(prog, "struct mm_struct", value={"pgd": 0}), address)
+    except NotImplementedError:
+        arch = prog.platform.arch.name.lower() if prog.platform else "this architecture"
+        raise TargetError(
+            f"{core} holds physical memory only, and drgn cannot translate this kernel's virtual "
+            f"addresses on {arch}: take the dump with the guest's page tables applied (QMP "
+            f"dump-guest-memory with \"paging\": true, or HMP dump-guest-memory -p FILE; for "
+            f"libvirt: virsh qemu-monitor-command DOMAIN --hmp 'dump-guest-memory -p FILE'), "
+            f"or a kdump capture") from None
+    except Exception:  # drgn has a walker (FaultError at pgd 0, most likely):
+        pass  # the memory is missing for another reason, said where it is read
+
+
+def check_kernel_addresses(prog: drgn.Program) -> None:
+    """Refuse a program that reads the kernel's variables at the wrong
+    addresses: the release in init_uts_ns must be the one VMCOREINFO names.
+    drgn alone opens an x86-32 dump that way (KASLR moved the kernel, and the
+    VMCOREINFO of x86-32 has no KERNELOFFSET); :func:`open_program` does not.
+    Checked once per program."""
+    if prog.cache.get("ksminspect_addresses_checked"):
+        return
+    try:
+        expected = prog["UTS_RELEASE"].string_()  # drgn has it from VMCOREINFO
+        found = prog["init_uts_ns"].name.release.string_()
+    except (KeyError, LookupError, drgn.ObjectAbsentError):
+        found = expected = b""  # nothing to compare: trust it
+    except drgn.FaultError:
+        found = None
+    if found != expected:
+        raise TargetError(
+            f"this program reads the kernel's variables at the wrong addresses: init_uts_ns does "
+            f"not hold the release {expected.decode(errors='replace')} that VMCOREINFO names. Most "
+            f"likely the kernel moved itself (KASLR) and its VMCOREINFO has no KERNELOFFSET, as on "
+            f"x86-32: open the dump with ksminspect -c, or in Python with ksminspect.open_program()")
+    prog.cache["ksminspect_addresses_checked"] = True
+
+
+def _open_core(path: str, vmcoreinfo: bytes) -> Optional[drgn.Program]:
+    """*path* opened with *vmcoreinfo* in place of whatever note it has."""
+    prog = drgn.Program(vmcoreinfo=vmcoreinfo)
+    try:
+        prog.set_core_dump(path)
+    except Exception:
+        return None
+    return prog
+
+
+def _load_debug_info(prog: drgn.Program, files: list[str]) -> str:
+    """Load *files*, or drgn's default debug info; what drgn said was missing."""
     try:
         if files:
             prog.load_debug_info(files, main=True)
         else:
             prog.load_default_debug_info()
     except drgn.MissingDebugInfoError as e:
-        detail = str(e)
-    if not _has_kernel_types(prog):
-        raise TargetError(_missing_debug_info_message(prog, dict(zip(given, files)), detail))
-    return prog
+        return str(e)
+    return ""
+
+
+def _with_kernel_offset(prog: drgn.Program, info: Optional[bytes]) -> Optional[bytes]:
+    """*info* (VMCOREINFO) with the KASLR offset added, where the kernel
+    moved itself but wrote no KERNELOFFSET line (x86-32's
+    arch_crash_save_vmcoreinfo() has none), so drgn would read every
+    variable at its link-time address; None where nothing is missing. The
+    offset is how far SYMBOL(_stext) lies from the debug info's _stext."""
+    if not info or b"\nKERNELOFFSET=" in info:
+        return None
+    m = re.search(rb"\nSYMBOL\(_stext\)=([0-9a-fA-F]+)\n", info)
+    if m is None:
+        return None
+    try:
+        linked = prog.symbol("_stext").address
+    except LookupError:
+        return None
+    offset = int(m.group(1), 16) - linked
+    if offset <= 0:
+        return None
+    return info.rstrip(b"\0") + b"KERNELOFFSET=%x\n" % offset
+
+
+PT_NOTE = 4
+
+
+def elf_vmcoreinfo_note(path: str) -> Optional[bytes]:
+    """The text of the VMCOREINFO note of an ELF core, or None."""
+    try:
+        headers = elf_program_headers(path) or []
+        with open(path, "rb") as f:
+            head = f.read(6)
+            for h in headers:
+                if h.type != PT_NOTE:
+                    continue
+                f.seek(h.offset)
+                notes = f.read(min(h.filesz, 1 << 20))
+                for name, _, desc in _elf_notes(notes, "<" if head[5:6] == b"\x01" else ">"):
+                    if name == b"VMCOREINFO":
+                        return desc
+    except (OSError, EOFError, struct.error):
+        return None
+    return None
+
+
+def _elf_notes(notes: bytes, end: str) -> Iterator[tuple[bytes, int, bytes]]:
+    """``(name, type, desc)`` of each note in a note segment or section."""
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from(end + "III", notes, pos)
+        name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+        desc_at = pos + 12 + ((namesz + 3) & ~3)
+        yield name, ntype, notes[desc_at:desc_at + descsz]
+        pos = desc_at + ((descsz + 3) & ~3)
 
 
 # The text the kernel writes into vmcoreinfo_data at boot (kernel/vmcore_info.c,
@@ -197,7 +353,7 @@ def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
         if not headers:
             return
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            for p_type, paddr, offset, filesz in headers:
+            for p_type, _, paddr, offset, filesz in headers:
                 if p_type != PT_LOAD:
                     continue
                 at, end = offset, min(offset + filesz, len(m))
@@ -208,19 +364,6 @@ def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
                     at += 1
     except (OSError, EOFError, ValueError):
         return
-
-
-def _with_vmcoreinfo_from_memory(path: str, symbol_files: list[str]) -> Optional[drgn.Program]:
-    build_ids = [b for b in map(elf_build_id, symbol_files) if b]
-    info = vmcoreinfo_in_memory(path, build_ids)
-    if info is None:
-        return None
-    prog = drgn.Program(vmcoreinfo=info)
-    try:
-        prog.set_core_dump(path)
-    except Exception:
-        return None
-    return prog
 
 
 def _open_live(prog: drgn.Program) -> None:
@@ -280,14 +423,9 @@ def elf_build_id(path: str) -> Optional[str]:
                 offset, size = struct.unpack_from(end + 2 * c["word"], table, sh + c["sh_offset"])
                 f.seek(offset)
                 notes = f.read(min(size, 1 << 16))
-                pos = 0
-                while pos + 12 <= len(notes):
-                    namesz, descsz, ntype = struct.unpack_from(end + "III", notes, pos)
-                    name = notes[pos + 12:pos + 12 + namesz]
-                    desc_at = pos + 12 + ((namesz + 3) & ~3)
-                    if ntype == 3 and name.rstrip(b"\0") == b"GNU":  # NT_GNU_BUILD_ID
-                        return notes[desc_at:desc_at + descsz].hex()
-                    pos = desc_at + ((descsz + 3) & ~3)
+                for name, ntype, desc in _elf_notes(notes, end):
+                    if ntype == 3 and name == b"GNU":  # NT_GNU_BUILD_ID
+                        return desc.hex()
     except (OSError, struct.error):
         return None
     return None
@@ -322,7 +460,7 @@ def kernel_release(prog: drgn.Program) -> str:
     """The kernel's release string (UTS_RELEASE, or OSRELEASE of vmcoreinfo)."""
     try:
         return prog["UTS_RELEASE"].string_().decode()
-    except (KeyError, LookupError, drgn.FaultError, ValueError):
+    except (KeyError, LookupError, drgn.FaultError, drgn.ObjectAbsentError, ValueError):
         pass
     try:
         info = prog.vmcoreinfo.decode(errors="replace") if hasattr(prog, "vmcoreinfo") else ""

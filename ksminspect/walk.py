@@ -20,7 +20,7 @@ from ksminspect.decode import (
     StableNode,
     StableNodeDecoder,
 )
-from ksminspect.layout import KsmLayout, get_layout
+from ksminspect.layout import KsmLayout, TreeRootsLayout, get_layout
 
 # No sane KSM structure is longer; a walk beyond it is reading garbage.
 MAX_WALK = 1 << 28
@@ -177,25 +177,27 @@ class Walker:
 
     # -- stable and unstable trees -------------------------------------
 
-    def _tree_roots(self, name: str) -> list[tuple[int, int]]:
-        """``(nid, address of struct rb_root)`` for each tree of *name*."""
-        var = self.prog[name]
-        if var.type_.kind == drgn.TypeKind.POINTER:  # v3.9: one tree per node
-            base = var.value_()
+    def _tree_roots(self, where: TreeRootsLayout) -> list[tuple[int, int]]:
+        """``(nid, address of struct rb_root)`` for each tree of one kind."""
+        if where.pointer is None:
+            return [(0, where.roots)]
+        base = self.read_word("tree_roots", where.pointer, where.pointer)
+        count = 1
+        if where.nr_node_ids is not None:
             try:
-                count = self.prog["ksm_nr_node_ids"].value_()
-            except KeyError:
-                count = 1
-            return [(nid, base + nid * self.ptr) for nid in range(max(count, 0))]
-        return [(0, var.address_)]
+                raw = self._read(where.nr_node_ids, 4)  # int ksm_nr_node_ids
+            except drgn.FaultError:
+                raise WalkDamage(Damage("tree_roots", 0, where.nr_node_ids, "fault")) from None
+            count = int.from_bytes(raw, "little" if self.layout.little_endian else "big", signed=True)
+        return [(nid, base + nid * self.ptr) for nid in range(max(count, 0))]
 
     def stable_tree_roots(self) -> list[tuple[int, int]]:
         """``root_stable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
-        return self._tree_roots("root_stable_tree")
+        return self._tree_roots(self.layout.root_stable_tree)
 
     def unstable_tree_roots(self) -> list[tuple[int, int]]:
         """``root_unstable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
-        return self._tree_roots("root_unstable_tree")
+        return self._tree_roots(self.layout.root_unstable_tree)
 
     def rbtree_inorder(self, walk: str, root: int, node_offset: int,
                        size: int) -> Iterator[tuple[int, bytes, int]]:

@@ -63,8 +63,10 @@ def find_dumps() -> list[Dump]:
 
 
 ALL_DUMPS = find_dumps()
+# Dumps ksminspect must refuse with a sentence (dumps.tsv format elf-refused).
+REFUSED_DUMPS = [d for d in ALL_DUMPS if d.truth.get("refused")]
 # Dumps of kernels with KSM; a kernel built without it records no sysfs files.
-DUMPS = [d for d in ALL_DUMPS if d.sysfs]
+DUMPS = [d for d in ALL_DUMPS if d.sysfs and d not in REFUSED_DUMPS]
 NO_KSM_DUMPS = [d for d in ALL_DUMPS if not d.sysfs]
 
 

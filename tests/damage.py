@@ -17,7 +17,7 @@ from ksminspect.program import PT_LOAD, decompressed, elf_program_headers
 
 def file_offset(core: Path, paddr: int) -> int:
     """Where physical address *paddr* lies in the ELF core file."""
-    for p_type, start, offset, size in elf_program_headers(str(core)) or []:
+    for p_type, _, start, offset, size in elf_program_headers(str(core)) or []:
         if p_type == PT_LOAD and start <= paddr < start + size:
             return offset + paddr - start
     raise ValueError(f"physical address {paddr:#x} is in no PT_LOAD segment")

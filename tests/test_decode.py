@@ -18,6 +18,7 @@ from ksminspect.layout import (
     UNSTABLE_FLAG,
     KsmLayout,
     MmSlotLayout,
+    TreeRootsLayout,
     MmStructLayout,
     RmapItemLayout,
     StableNodeLayout,
@@ -45,7 +46,8 @@ def make_layout(pointer_size: int, rmap: dict, node: dict, seed: str | None) -> 
         mm_struct=MmStructLayout(None, None, None, False, None, 0, 0),
         pointer_size=pointer_size, little_endian=True, page_shift=12,
         numa=rmap.get("nid") is not None, ksm_mm_head=0, migrate_nodes=0x1000,
-        vm_mergeable=1 << 31, mmf_vm_merge_any=None)
+        root_stable_tree=TreeRootsLayout(None, 0x2000, None),
+        root_unstable_tree=TreeRootsLayout(None, 0x3000, None), vm_mergeable=1 << 31, mmf_vm_merge_any=None)
 
 
 def pack(size: int, fields: dict[int, tuple[str, int]]) -> bytes:

@@ -18,13 +18,15 @@ import drgn
 from conftest import DUMPS, Dump
 
 import ksminspect
-from ksminspect.program import decompressed
+from ksminspect.errors import TargetError
+from ksminspect.program import check_kernel_addresses, decompressed
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def drgn_program(dump: Dump) -> drgn.Program:
-    """A Program made the way drgn's CLI makes one (plugins run on it)."""
+    """A Program made the way drgn's CLI makes one (plugins run on it), or
+    by the README's recipes where drgn alone cannot read the dump."""
     path = decompressed(str(dump.vmcore))
     try:
         prog = drgn.Program()
@@ -33,7 +35,29 @@ def drgn_program(dump: Dump) -> drgn.Program:
         prog = drgn.Program(vmcoreinfo=ksminspect.vmcoreinfo_in_memory(path))
         prog.set_core_dump(path)
     prog.load_debug_info([decompressed(str(dump.debug))], main=True)
+    try:
+        check_kernel_addresses(prog)
+    except TargetError:  # x86-32: no KERNELOFFSET; the README's recipe
+        prog = ksminspect.open_program(str(dump.vmcore), [str(dump.debug)])
     return prog
+
+
+def test_drgn_alone_misreads_x86_32_and_ksminspect_says_so() -> None:
+    """drgn opens an i386 dump at link-time addresses (no KERNELOFFSET in an
+    x86-32 VMCOREINFO); %ksm refuses it in one sentence, not with garbage."""
+    dump = next(d for d in DUMPS if d.truth.get("machine") == "i686")
+    path = decompressed(str(dump.vmcore))
+    prog = drgn.Program()
+    prog.set_core_dump(path)
+    prog.load_debug_info([decompressed(str(dump.debug))], main=True)
+    from ksminspect.commands.main import App, run
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = run(["summary"], app=App(None, (), prog))
+    assert code == 2
+    assert "reads the kernel's variables at the wrong addresses" in err.getvalue()
+    assert "ksminspect.open_program()" in err.getvalue()
 
 
 def test_ksm_command_in_drgn_repl(tmp_path: Path) -> None:

@@ -341,3 +341,24 @@ def test_random_damage_campaign(tmp_path: Path) -> None:
     assert len(results) == CAMPAIGN_RUNS >= 200 or "KSMINSPECT_CAMPAIGN_RUNS" in os.environ
     assert hangs == 0 and tracebacks == 0
     assert all(code in (0, 1, 2) for code, _, _ in results)
+
+
+def test_walk_that_finds_nothing_is_an_error(tmp_path: Path) -> None:
+    """ksm_mm_head emptied (next and prev back at the head) while the kernel
+    counts its rmap_items: every listing says so and exits 1, never an empty
+    table with exit 0; check names it in its global-counters finding."""
+    prog = program_of(DUMP)
+    head = walker(prog).layout.ksm_mm_head
+    copy = damaged_copy(prog, DUMP.vmcore, tmp_path / "vmcore",
+                        [(head, word(head)), (head + 8, word(head))])
+    expected = int(DUMP.sysfs["pages_shared"]) + int(DUMP.sysfs["pages_sharing"])
+    assert expected > 0
+    for command in (["summary"], ["mm"], ["rmap"], ["mm", "--format", "json"]):
+        r = run_main("-c", str(copy), "-s", str(DUMP.debug), *command)
+        assert r.returncode == 1, (command, r.stderr)
+        assert "but the walk found no rmap_item on the rmap_lists of ksm_mm_head" in r.stderr
+        assert "Traceback" not in r.stderr
+    r = run_main("-c", str(copy), "-s", str(DUMP.debug), "check", "--format", "json")
+    assert r.returncode == 1
+    messages = [f["message"] for f in json.loads(r.stdout)["findings"] if f["check"] == "global-counters"]
+    assert any("the walk found no rmap_item" in m for m in messages), messages

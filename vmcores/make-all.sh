@@ -1,40 +1,56 @@
 #!/usr/bin/env bash
 # Regenerate every committed dump from scratch: Debian's kernel sources, the
-# fixture kernels, the workload, one QEMU run per line of dumps.tsv.
-# Work files go to $WORK (default /var/tmp/ksminspect-build); results to
-# vmcores/<dump>/{vmcore.xz,truth.json} and vmcores/kernels/<kernel>/vmlinux.debug.xz.
-# Needs: qemu-system-x86, gcc, flex, bison, bc, libelf-dev, libssl-dev, cpio, dwz, xz-utils.
+# fixture kernels of kernels.tsv, the workload, one QEMU run per line of
+# dumps.tsv. Work files go to $WORK (default /var/tmp/ksminspect-build);
+# results to vmcores/<dump>/{vmcore.xz,truth.json} and
+# vmcores/kernels/<kernel>/vmlinux.debug.xz. The format of a dump: elf
+# (QEMU's dump-guest-memory: physical addresses), elf-paging (with the
+# guest's virtual addresses), elf-refused (physical, for an architecture drgn
+# cannot translate: the test that ksminspect says how to take a readable one).
+# Needs: qemu-system-x86, qemu-system-arm, gcc, gcc-aarch64-linux-gnu,
+# gcc-i686-linux-gnu (and their libc6-dev-*-cross), flex, bison, bc,
+# libelf-dev, libssl-dev, cpio, dwz, xz-utils.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export WORK=${WORK:-/var/tmp/ksminspect-build}
 only=${1:-}   # optional: one dump name
 start=$(date +%s)
 
+arch_of() { awk -F'\t' -v n="$1" '!/^#/ && $1 == n {print $3}' "$here/kernels.tsv"; }
+image_of() { case $(arch_of "$1") in arm64) echo Image ;; *) echo bzImage ;; esac; }
+kernels=$(awk -F'\t' -v only="$only" '!/^#/ && (only == "" || $1 == only) {print $2}' "$here/dumps.tsv" | sort -u)
+
 "$here/scripts/fetch-sources.sh"
-for k in $(awk '!/^#/ {print $2}' "$here/dumps.tsv" | sort -u); do
-    [ -f "$WORK/build/$k/bzImage" ] && continue
-    case $k in
-        *-seed) "$here/scripts/build-kernel.sh" "${k%-seed}" "$here/patches/${k%-seed}-ksm-vm_pgoff-seed-v4.patch" ;;
-        *-noksm) "$here/scripts/build-kernel.sh" "${k%-noksm}" noksm ;;
-        *) "$here/scripts/build-kernel.sh" "$k" ;;
-    esac
+for k in $kernels; do
+    [ -f "$WORK/build/$k/$(image_of "$k")" ] || "$here/scripts/build-kernel.sh" "$k"
 done
 
-mkdir -p "$WORK/initrd/dev" "$WORK/initrd/proc" "$WORK/initrd/sys"
-gcc -static -O2 -Wall -o "$WORK/initrd/init" "$here/scripts/ksm-workload.c"
-(cd "$WORK/initrd" && find . | cpio -o -H newc --quiet | gzip -9 >"$WORK/init.cpio.gz")
+# The workload as /init, one initramfs per architecture.
+for arch in $(for k in $kernels; do arch_of "$k"; done | sort -u); do
+    case $arch in
+        x86_64) cc=gcc ;; i386) cc=i686-linux-gnu-gcc ;; arm64) cc=aarch64-linux-gnu-gcc ;;
+    esac
+    root=$WORK/initrd-$arch
+    mkdir -p "$root/dev" "$root/proc" "$root/sys"
+    $cc -static -O2 -Wall -o "$root/init" "$here/scripts/ksm-workload.c"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9 >"$WORK/init-$arch.cpio.gz")
+done
 
-grep -v '^#' "$here/dumps.tsv" | while IFS=$'\t' read -r name kernel numa append; do
+grep -v '^#' "$here/dumps.tsv" | while IFS=$'\t' read -r name kernel numa format memory append; do
     [ -n "$only" ] && [ "$only" != "$name" ] && continue
+    arch=$(arch_of "$kernel")
     out=$WORK/dumps/$name
     rm -rf "$out"
-    python3 "$here/scripts/make-dump.py" --kernel "$WORK/build/$kernel/bzImage" \
-        --initrd "$WORK/init.cpio.gz" --out "$out" --numa "$numa" --append "$append" </dev/null
+    python3 "$here/scripts/make-dump.py" --kernel "$WORK/build/$kernel/$(image_of "$kernel")" \
+        --initrd "$WORK/init-$arch.cpio.gz" --arch "$arch" --out "$out" --numa "$numa" --memory "$memory" \
+        $([ "$format" = elf-paging ] && echo --paging) --append "$append" </dev/null
     mkdir -p "$here/$name"
-    python3 - "$out/truth.json" "$here/$name/truth.json" "$name" "$kernel" <<'PY'
+    python3 - "$out/truth.json" "$here/$name/truth.json" "$name" "$kernel" "$format" <<'PY'
 import json, sys
 truth = json.load(open(sys.argv[1]))
 truth["name"], truth["kernel"] = sys.argv[3], sys.argv[4]
+if sys.argv[5] == "elf-refused":  # a dump ksminspect must refuse with a sentence
+    truth["refused"] = True
 with open(sys.argv[2], "w") as f:
     json.dump(truth, f, indent=1, sort_keys=True)
     f.write("\n")
@@ -43,20 +59,21 @@ PY
 done
 
 # Debug info: DWARF types and symbols, without line tables and location lists.
-for k in $(awk '!/^#/ {print $2}' "$here/dumps.tsv" | sort -u); do
+for k in $kernels; do
     dst=$here/kernels/$k/vmlinux.debug.xz
     [ -f "$dst" ] && [ "$dst" -nt "$WORK/build/$k/vmlinux" ] && continue
     mkdir -p "$here/kernels/$k"
+    case $(arch_of "$k") in arm64) objcopy=aarch64-linux-gnu-objcopy ;; *) objcopy=objcopy ;; esac
     cp "$WORK/build/$k/vmlinux" "$WORK/build/$k/vmlinux.dwz"
     dwz -q "$WORK/build/$k/vmlinux.dwz" || true
     # Line tables and location lists are not needed; DWARF 4 kernels keep
     # section symbols that refer to them, so there they stay.
-    objcopy --only-keep-debug --remove-section=.debug_loclists --remove-section=.debug_line \
+    $objcopy --only-keep-debug --remove-section=.debug_loclists --remove-section=.debug_line \
         "$WORK/build/$k/vmlinux.dwz" "$WORK/build/$k/vmlinux.debug" 2>/dev/null ||
-    objcopy --only-keep-debug "$WORK/build/$k/vmlinux.dwz" "$WORK/build/$k/vmlinux.debug"
+    $objcopy --only-keep-debug "$WORK/build/$k/vmlinux.dwz" "$WORK/build/$k/vmlinux.debug"
     xz -T2 -9e -c "$WORK/build/$k/vmlinux.debug" >"$dst"
 done
 # The live test boots this kernel.
-cp "$WORK/build/6.12/bzImage" "$here/kernels/6.12/bzImage"
+[ -f "$WORK/build/6.12/bzImage" ] && cp "$WORK/build/6.12/bzImage" "$here/kernels/6.12/bzImage"
 echo "make-all: done in $(( $(date +%s) - start )) s"
 du -sh "$here"

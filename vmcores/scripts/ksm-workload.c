@@ -45,7 +45,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE 4096UL
+/* The kernel's page size (4K, or 16K/64K on arm64), from the auxv. */
+static unsigned long g_page_size;
+#define PAGE g_page_size
 #define KSM "/sys/kernel/mm/ksm/"
 
 static char cmdline[4096];
@@ -503,6 +505,7 @@ int main(void)
 	mount("sysfs", "/sys", "sysfs", 0, NULL);
 	mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
 	read_text("/proc/cmdline", cmdline, sizeof(cmdline));
+	g_page_size = sysconf(_SC_PAGESIZE);
 	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 
 	g_sharers = param("sharers", 4);
@@ -644,7 +647,9 @@ record:
 		uname(&u);
 		printf("\"kernel_release\": ");
 		json_string(u.release);
-		printf(",\n");
+		printf(",\n\"machine\": ");
+		json_string(u.machine);
+		printf(",\n\"page_size\": %lu,\n", g_page_size);
 	}
 	printf("\"cmdline\": ");
 	json_string(cmdline);

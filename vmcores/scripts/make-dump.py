@@ -3,8 +3,13 @@
 until the guest has recorded its truth, dump guest memory over QMP and write
 vmcore + truth.json into the output directory.
 
-    make-dump.py --kernel BZIMAGE --initrd INIT.CPIO.GZ --out DIR
-                 [--memory MB] [--numa N] [--append "ksmw.x=y ..."]
+    make-dump.py --kernel IMAGE --initrd INIT.CPIO.GZ --out DIR
+                 [--arch x86_64|i386|arm64] [--paging] [--memory MB] [--numa N]
+                 [--append "ksmw.x=y ..."]
+
+--paging asks QEMU for a dump whose segments carry the guest's virtual
+addresses (``dump-guest-memory`` with ``paging: true``): the only kind drgn
+can read for an architecture it has no page-table walker for (i386).
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+
+
+# QEMU binary, console device and machine options of each fixture architecture.
+MACHINES = {
+    "x86_64": ("qemu-system-x86_64", "ttyS0", []),
+    "i386": ("qemu-system-i386", "ttyS0", []),
+    "arm64": ("qemu-system-aarch64", "ttyAMA0", ["-M", "virt", "-cpu", "cortex-a57"]),
+}
 
 
 def qmp(sock_path: str, *commands: dict) -> list[dict]:
@@ -46,6 +59,8 @@ def main() -> int:
     ap.add_argument("--kernel", required=True)
     ap.add_argument("--initrd", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--arch", choices=sorted(MACHINES), default="x86_64")
+    ap.add_argument("--paging", action="store_true")
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--numa", type=int, default=0)
@@ -57,9 +72,10 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="ksmdump-")
     sock = os.path.join(tmp, "qmp.sock")
     log = os.path.join(args.out, "console.log")
-    append = f"console=ttyS0 loglevel=1 panic=-1 {args.append}".strip()
+    qemu, console, machine = MACHINES[args.arch]
+    append = f"console={console} loglevel=1 panic=-1 {args.append}".strip()
     cmd = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", str(args.memory),
+        qemu, *machine, "-accel", "tcg", "-m", str(args.memory),
         "-smp", str(args.smp), "-kernel", args.kernel, "-initrd", args.initrd,
         "-append", append, "-display", "none", "-monitor", "none",
         "-serial", f"file:{log}", "-no-reboot", "-device", "vmcoreinfo",
@@ -88,7 +104,7 @@ def main() -> int:
         if os.path.exists(vmcore):
             os.unlink(vmcore)
         qmp(sock, {"execute": "dump-guest-memory",
-                   "arguments": {"paging": False, "protocol": f"file:{vmcore}"}})
+                   "arguments": {"paging": args.paging, "protocol": f"file:{vmcore}"}})
         qmp(sock, {"execute": "quit"})
         vm.wait(60)
     finally:
@@ -100,6 +116,7 @@ def main() -> int:
     truth["dump"] = {
         "qemu": cmd,
         "seconds_to_ready": round(time.time() - start, 1),
+        "paging": args.paging,
     }
     with open(os.path.join(args.out, "truth.json"), "w") as f:
         json.dump(truth, f, indent=1, sort_keys=True)
