@@ -24,11 +24,13 @@ class App:
         # Inside drgn the process is not ours: process-wide state (signal
         # handlers) must be left as it was found.
         self.embedded = prog is not None
+        self._session_begun = False
 
     @property
     def prog(self):
         from ksminspect.layout import get_layout
         from ksminspect.program import check_kernel_addresses
+        from ksminspect.session import begin_session
 
         if self._prog is None:
             from ksminspect.program import open_program
@@ -42,6 +44,9 @@ class App:
                 click.echo(f"ksminspect: warning: {truncated}; reading what it holds", err=True)
         check_kernel_addresses(self._prog)  # cached, as the layout is
         get_layout(self._prog)  # no KSM: fail here, before any output (cached)
+        if not self._session_begun:  # this command reads the kernel afresh
+            begin_session(self._prog)
+            self._session_begun = True
         return self._prog
 
     @property

@@ -64,8 +64,8 @@ def stream_json(key: str, records: Iterator[dict[str, Any]], extra: dict[str, An
         out.write(("\n    " if first else ",\n    ") + json.dumps(r))
         first = False
     out.write("\n  ]")
-    for k, v in extra.items():
-        out.write(f",\n  {json.dumps(k)}: {json.dumps(v)}")
+    for k, v in extra.items():  # a callable is asked after the records: damage found on the way
+        out.write(f",\n  {json.dumps(k)}: {json.dumps(v() if callable(v) else v)}")
     out.write("\n}\n")
 
 
@@ -91,36 +91,29 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
       ksminspect -c vmcore.xz -s vmlinux.debug.xz rmap --pid 42 --state none --all-fields
     """
     from ksminspect.mm import mm_owner
-    from ksminspect.walk import WalkDamage, walker
+    from ksminspect.walk import RmapLists, walker
 
     prog = app.prog
     w = walker(prog)
     has_offset = w.layout.rmap_item.offset is not None
-    damage: list[str] = []
+    lists = RmapLists(w)
     walked = [0]  # every item walked, before the filters
 
     def items() -> Iterator[tuple[Any, Any]]:
-        try:
-            for slot in w.for_each_mm_slot():
-                mm, first = w.mm_slot(slot)
-                if mm_addr is not None and mm != mm_addr:
-                    continue
-                owner = mm_owner(prog, mm)
-                if pid is not None and owner.pid != pid:
-                    continue
-                try:
-                    for item in w.for_each_rmap_item(first, slot):
-                        walked[0] += 1
-                        if state is None or item.state.value == state:
-                            yield item, owner
-                except WalkDamage as e:
-                    damage.append(e.damage.sentence())
-        except WalkDamage as e:
-            damage.append(e.damage.sentence())
+        for _, mm, rmap_items in lists:
+            if mm_addr is not None and mm != mm_addr:
+                continue
+            owner = mm_owner(prog, mm)
+            if pid is not None and owner.pid != pid:
+                continue
+            for item in rmap_items:
+                walked[0] += 1
+                if state is None or item.state.value == state:
+                    yield item, owner
 
     if fmt == "json":
         stream_json("items", (item_json(i, o, has_offset, all_fields) for i, o in items()),
-                    {"damage": damage})
+                    {"damage": lambda: [d.sentence() for d in lists.damage]})
     else:
         rows = []
         for item, owner in progress(items(), "rmap_items"):
@@ -132,10 +125,10 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
             rows.append(row)
         emit_table(rows, ["item", "pid", "page address", "state", "fields"]
                    + (["other interpretation"] if all_fields else []))
-        for d in damage:
-            click.echo(f"walk damage: {d}", err=True)
+        for d in lists.damage:
+            click.echo(f"walk damage: {d.sentence()}", err=True)
     if pid is None and mm_addr is None:
-        fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(damage))
+        fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(lists.damage))
 
 
 @click.command("unstable-tree")

@@ -20,29 +20,28 @@ def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.counters import read_counters, read_tunables
     from ksminspect.mm import for_each_mm_slot
     from ksminspect.program import kernel_release
-    from ksminspect.stable import for_each_stable_tree_node
-    from ksminspect.walk import WalkDamage, walker
-
     from ksminspect.scan import read_scan_cursor
+    from ksminspect.stable import for_each_stable_tree_node
+    from ksminspect.walk import WalkDamage
 
     from .check import finding_json
     from .mm import cursor_json, mm_slot_json
 
     prog = app.prog
-    w = walker(prog)
     cursor = read_scan_cursor(prog)
     damage: list[str] = []
     slots, items = [], []
+
+    def item_record(i, owner) -> None:
+        items.append({"item": hexaddr(i.address), "pid": owner.pid, "comm": owner.comm,
+                      "mm": hexaddr(i.mm), "page_address": hexaddr(i.page_address),
+                      "state": i.state.value})
+
     try:
-        for s in for_each_mm_slot(prog):
+        for s in for_each_mm_slot(prog, item_record):
             slots.append(mm_slot_json(s, cursor))
-            try:
-                for i in w.for_each_rmap_item(w.mm_slot(s.slot)[1], s.slot):
-                    items.append({"item": hexaddr(i.address), "pid": s.owner.pid,
-                                  "comm": s.owner.comm, "mm": hexaddr(i.mm),
-                                  "page_address": hexaddr(i.page_address), "state": i.state.value})
-            except WalkDamage as e:
-                damage.append(e.damage.sentence())
+            if s.damage:
+                damage.append(s.damage.sentence())
     except WalkDamage as e:
         damage.append(e.damage.sentence())
     pages = []

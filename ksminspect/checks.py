@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import drgn
 
@@ -23,7 +23,8 @@ from ksminspect.layout import (MAX_REMAINING_SKIPS, PAGE_MAPPING_FLAGS, PAGE_MAP
                                SEQNR_MASK, KsmLayout)
 from ksminspect.mm import MmOwner, mm_counters, mm_owner
 from ksminspect.scan import unstable_tree_seqnr
-from ksminspect.walk import Damage, WalkDamage, Walker, walker
+from ksminspect.session import begin_session
+from ksminspect.walk import Damage, RmapLists, WalkDamage, Walker, walker
 
 
 class Severity(str, enum.Enum):
@@ -235,15 +236,15 @@ class _Checker:
         w = self.w
         # remove_rmap_item_from_tree() BUG()s beyond one behind ksm_scan.seqnr
         allowed = {self.seqnr & SEQNR_MASK, (self.seqnr - 1) & SEQNR_MASK}
-        try:
-            for slot in w.for_each_mm_slot():
-                self.mm_slots.add(slot)
-                mm, first = w.mm_slot(slot)
-                self.check_rmap_list(slot, mm, first, allowed)
-        except WalkDamage as e:
-            self.damage(e.damage)
+        lists = RmapLists(w)
+        for slot, mm, items in lists:
+            self.mm_slots.add(slot)
+            self.check_rmap_list(mm, items, allowed, lists)
+        if lists.mm_head_damage:
+            self.damage(lists.mm_head_damage)
 
-    def check_rmap_list(self, slot: int, mm: int, first: int, allowed: set[int]) -> None:
+    def check_rmap_list(self, mm: int, items: Iterator[RmapItem], allowed: set[int],
+                        lists: RmapLists) -> None:
         stable = unstable = count = 0
         last = -1
         cur = self.tree_seqnr
@@ -257,62 +258,60 @@ class _Checker:
         numa = self.layout.numa
         page_shift = self.layout.page_shift
         fast = self.fast
-        try:
-            for item in self.w.for_each_rmap_item(first, slot):
-                count += 1
-                address = item.address
-                walked.add(address)
-                if item.mm != mm:
-                    self.add("rmap-owner", Severity.ERROR, address,
-                             f"rmap_item {address:#x} is on the rmap_list of mm {mm:#x} "
-                             f"but its mm is {item.mm:#x}", item)
-                page = item.page_address
-                if page <= last:
-                    self.add("rmap-order", Severity.ERROR, address,
-                             f"rmap_item {address:#x} at {page:#x} does not come "
-                             f"after {last:#x} on its rmap_list", item)
-                last = page
-                state = item.state
-                if state is STABLE:
-                    stable += 1
-                    stable_items[address] = item
-                    # Fast path: a known live anon_vma, in the VMA of the item
-                    # before, mergeable, and (with the seed) a right offset.
-                    last_vma = self.last_vma
-                    if not fast or (anon_live.get(item.anon_vma, _UNKNOWN) is not None or last_vma is None
-                            or last_vma[0] != mm or not last_vma[2]
-                            or not last_vma[1].start <= page < last_vma[1].end
-                            or (has_offset and item.offset != page >> page_shift
-                                and item.offset != last_vma[1].pgoff)):
-                        self.check_stable_item(item)
-                elif state is BOTH:
-                    self.add("rmap-flags", Severity.ERROR, address,
-                             f"rmap_item {address:#x} has both STABLE_FLAG and UNSTABLE_FLAG "
-                             f"(address {item.raw_address:#x})", item)
-                else:
-                    if state is UNSTABLE:
-                        unstable += 1
-                        seqnr = item.seqnr
-                        if seqnr == cur:
-                            unstable_current.add(address)
-                        if seqnr not in allowed:
-                            self.add("unstable-seqnr", Severity.ERROR, address,
-                                     f"unstable rmap_item {address:#x} has seqnr {seqnr}, "
-                                     f"but ksm_scan.seqnr is {self.seqnr} ({self.seqnr & SEQNR_MASK} in "
-                                     f"the low bits): it is neither that nor one behind", item)
-                    if not fast or has_offset or (item.anon_vma and not (numa and state is UNSTABLE)):
-                        self.check_unstable_or_none_item(item)
-                if overlay and (not fast or item.age > age_limit
-                                or item.remaining_skips > MAX_REMAINING_SKIPS):
-                    self.check_overlay(item)
-        except WalkDamage as e:
-            self.damage(e.damage)
-            self.damaged_mms.add(mm)
-            self.n_items += count
-            self.n_unstable += unstable
-            return
+        for item in items:
+            count += 1
+            address = item.address
+            walked.add(address)
+            if item.mm != mm:
+                self.add("rmap-owner", Severity.ERROR, address,
+                         f"rmap_item {address:#x} is on the rmap_list of mm {mm:#x} "
+                         f"but its mm is {item.mm:#x}", item)
+            page = item.page_address
+            if page <= last:
+                self.add("rmap-order", Severity.ERROR, address,
+                         f"rmap_item {address:#x} at {page:#x} does not come "
+                         f"after {last:#x} on its rmap_list", item)
+            last = page
+            state = item.state
+            if state is STABLE:
+                stable += 1
+                stable_items[address] = item
+                # Fast path: a known live anon_vma, in the VMA of the item
+                # before, mergeable, and (with the seed) a right offset.
+                last_vma = self.last_vma
+                if not fast or (anon_live.get(item.anon_vma, _UNKNOWN) is not None or last_vma is None
+                        or last_vma[0] != mm or not last_vma[2]
+                        or not last_vma[1].start <= page < last_vma[1].end
+                        or (has_offset and item.offset != page >> page_shift
+                            and item.offset != last_vma[1].pgoff)):
+                    self.check_stable_item(item)
+            elif state is BOTH:
+                self.add("rmap-flags", Severity.ERROR, address,
+                         f"rmap_item {address:#x} has both STABLE_FLAG and UNSTABLE_FLAG "
+                         f"(address {item.raw_address:#x})", item)
+            else:
+                if state is UNSTABLE:
+                    unstable += 1
+                    seqnr = item.seqnr
+                    if seqnr == cur:
+                        unstable_current.add(address)
+                    if seqnr not in allowed:
+                        self.add("unstable-seqnr", Severity.ERROR, address,
+                                 f"unstable rmap_item {address:#x} has seqnr {seqnr}, "
+                                 f"but ksm_scan.seqnr is {self.seqnr} ({self.seqnr & SEQNR_MASK} in "
+                                 f"the low bits): it is neither that nor one behind", item)
+                if not fast or has_offset or (item.anon_vma and not (numa and state is UNSTABLE)):
+                    self.check_unstable_or_none_item(item)
+            if overlay and (not fast or item.age > age_limit
+                            or item.remaining_skips > MAX_REMAINING_SKIPS):
+                self.check_overlay(item)
         self.n_items += count
         self.n_unstable += unstable
+        cut = lists.cut.get(mm)
+        if cut is not None:
+            self.damage(cut)
+            self.damaged_mms.add(mm)
+            return
         own = mm_counters(self.prog, mm)
         for key, walked in (("ksm_rmap_items", count), ("ksm_merging_pages", stable)):
             if key in own and own[key] != walked:
@@ -675,12 +674,12 @@ def run_checks(prog: drgn.Program, live: bool = False, fast: bool = True) -> Che
 def check_live(prog: drgn.Program, attempts: int = 3) -> CheckReport:
     """Checks on a live kernel: KSM moves while we read, so the walk is
     repeated and only what every attempt saw is reported, as transient unless
-    it is informational. Between attempts drgn's cached memory is dropped."""
+    it is informational. Each attempt is a session of its own."""
     import dataclasses
 
     reports = []
     for _ in range(max(attempts, 1)):
-        _forget_reads(prog)
+        begin_session(prog)  # read the moving kernel afresh
         reports.append(run_checks(prog, live=True))
         common = set.intersection(*({f.key for f in r.findings} for r in reports))
         if not any(f.severity != Severity.INFO for f in reports[-1].findings if f.key in common):
@@ -697,9 +696,3 @@ def check_live(prog: drgn.Program, attempts: int = 3) -> CheckReport:
                                     message=f.message + " (live kernel: may be a race)")
         out.findings.append(f)
     return out
-
-
-def _forget_reads(prog: drgn.Program) -> None:
-    """Drop what this module cached of the kernel's moving state."""
-    for key in ("ksminspect_mm_owners", "ksminspect_owner_by_mm", "ksminspect_walker"):
-        prog.cache.pop(key, None)

@@ -12,7 +12,7 @@ import drgn
 from ksminspect.decode import ItemState
 from ksminspect.layout import read_variable
 from ksminspect.mm import mm_counters
-from ksminspect.walk import WalkDamage, Walker, walker
+from ksminspect.walk import RmapLists, WalkDamage, Walker, walker
 
 Value = Union[int, str]
 
@@ -176,28 +176,21 @@ def walk_counts(prog: drgn.Program, w: Optional[Walker] = None) -> WalkedCounts:
     w = w or walker(prog)
     counts = WalkedCounts()
     stable, unstable = ItemState.STABLE, ItemState.UNSTABLE
-    try:
-        for slot in w.for_each_mm_slot():
-            counts.mm_slots += 1
-            mm, first = w.mm_slot(slot)
-            zero = mm_counters(prog, mm).get("ksm_zero_pages")
-            if zero is not None:
-                counts.zero_pages = (counts.zero_pages or 0) + zero
-            n = 0
-            try:
-                for item in w.for_each_rmap_item(first, slot):
-                    n += 1
-                    if item.state is stable:
-                        counts.stable_items += 1
-                        if not item.hlist_next:
-                            counts.stable_tails += 1
-                    elif item.state is unstable:
-                        counts.unstable_items += 1
-            except WalkDamage as e:
-                counts.damage.append(e.damage)
-            counts.rmap_items += n
-    except WalkDamage as e:
-        counts.damage.append(e.damage)
+    lists = RmapLists(w)
+    for _, mm, items in lists:
+        counts.mm_slots += 1
+        zero = mm_counters(prog, mm).get("ksm_zero_pages")
+        if zero is not None:
+            counts.zero_pages = (counts.zero_pages or 0) + zero
+        for item in items:
+            counts.rmap_items += 1
+            if item.state is stable:
+                counts.stable_items += 1
+                if not item.hlist_next:
+                    counts.stable_tails += 1
+            elif item.state is unstable:
+                counts.unstable_items += 1
+    counts.damage.extend(lists.damage)
     for _, root in w.stable_tree_roots():
         try:
             for node in w.for_each_stable_node(root):

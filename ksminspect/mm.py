@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import drgn
 from drgn.helpers.linux.pid import for_each_task
 
 from ksminspect.layout import get_layout
+from ksminspect.session import session
 
 if TYPE_CHECKING:
+    from ksminspect.decode import RmapItem
     from ksminspect.walk import Damage
 
 
@@ -82,9 +84,9 @@ def _owners_by_task_walk(prog: drgn.Program) -> dict[int, tuple[int, str]]:
 def mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
     """pid and comm of the process owning *mm* (``struct mm_struct *``):
     ``mm->owner`` where CONFIG_MEMCG has it, else a walk of the tasks; and
-    whether it has exited. Looked up once per mm and program; unknown (all
+    whether it has exited. Looked up once per mm and session; unknown (all
     None) where the memory cannot be read."""
-    owners = prog.cache.setdefault("ksminspect_owner_by_mm", {})
+    owners = session(prog).owner_by_mm
     owner = owners.get(mm)
     if owner is None:
         try:
@@ -110,9 +112,10 @@ def _mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
     except drgn.FaultError:
         pass
     if pid is None:
-        owners = prog.cache.get("ksminspect_mm_owners")
+        run = session(prog)
+        owners = run.owners_by_task_walk
         if owners is None:
-            owners = prog.cache["ksminspect_mm_owners"] = _owners_by_task_walk(prog)
+            owners = run.owners_by_task_walk = _owners_by_task_walk(prog)
         if mm in owners:
             pid, comm = owners[mm]
     return MmOwner(pid=pid, comm=comm, exited=exited)
@@ -130,20 +133,24 @@ class MmSlot:
     damage: Optional["Damage"]  # why its rmap_list walk stopped early, if it did
 
 
-def for_each_mm_slot(prog: drgn.Program) -> Iterator[MmSlot]:
-    """Every mm slot on ``ksm_mm_head`` in scan order, its rmap_list counted."""
+def for_each_mm_slot(prog: drgn.Program,
+                     each_item: Optional[Callable[["RmapItem", MmOwner], None]] = None
+                     ) -> Iterator[MmSlot]:
+    """Every mm slot on ``ksm_mm_head`` in scan order, its rmap_list counted
+    (and each item given to *each_item* with its owner, if given). Damage to
+    ksm_mm_head raises :class:`WalkDamage` after the readable slots."""
     from ksminspect.decode import ItemState
-    from ksminspect.walk import WalkDamage, walker
+    from ksminspect.walk import RmapLists, WalkDamage, walker
 
-    w = walker(prog)
-    for slot in w.for_each_mm_slot():
-        mm, first = w.mm_slot(slot)
+    lists = RmapLists(walker(prog))
+    for slot, mm, rmap_items in lists:
+        owner = mm_owner(prog, mm)
         items = {s.value: 0 for s in ItemState}
-        damage = None
-        try:
-            for item in w.for_each_rmap_item(first, slot):
-                items[item.state.value] += 1
-        except WalkDamage as e:
-            damage = e.damage
-        yield MmSlot(slot=slot, mm=mm, owner=mm_owner(prog, mm),
-                     counters=mm_counters(prog, mm), items=items, damage=damage)
+        for item in rmap_items:
+            items[item.state.value] += 1
+            if each_item is not None:
+                each_item(item, owner)
+        yield MmSlot(slot=slot, mm=mm, owner=owner, counters=mm_counters(prog, mm), items=items,
+                     damage=lists.cut.get(mm))
+    if lists.mm_head_damage:
+        raise WalkDamage(lists.mm_head_damage)

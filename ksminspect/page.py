@@ -13,7 +13,7 @@ from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, KsmInspectError
 from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
-from ksminspect.walk import WalkDamage, walker
+from ksminspect.walk import RmapLists, WalkDamage, walker
 
 
 def _drgn_helper(helper, *args):
@@ -67,19 +67,8 @@ def _find_node(prog: drgn.Program, node: int) -> tuple[Optional[StableTreeNode],
 
 
 def _items_at(prog: drgn.Program, mm: int, address: int) -> list[RmapItem]:
-    w = walker(prog)
-    found = []
-    try:
-        for slot in w.for_each_mm_slot():
-            slot_mm, first = w.mm_slot(slot)
-            if slot_mm != mm:
-                continue
-            for item in w.for_each_rmap_item(first, slot):
-                if item.page_address == address:
-                    found.append(item)
-    except WalkDamage:
-        pass
-    return found
+    return [item for _, slot_mm, items in RmapLists(walker(prog)) if slot_mm == mm
+            for item in items if item.page_address == address]
 
 
 def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapItem]:
@@ -89,20 +78,16 @@ def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapI
     w = walker(prog)
     address = index << w.layout.page_shift
     found = []
-    try:
-        for slot in w.for_each_mm_slot():
-            mm, first = w.mm_slot(slot)
-            for item in w.for_each_rmap_item(first, slot):
-                if item.page_address != address:
-                    continue
-                try:
-                    mapped = _drgn_helper(follow_pfn, drgn.Object(prog, "struct mm_struct *", mm), address)
-                except (drgn.FaultError, ValueError):
-                    continue
-                if mapped is not None and mapped.value_() == pfn:
-                    found.append(item)
-    except WalkDamage:
-        pass
+    for _, mm, items in RmapLists(w):
+        for item in items:
+            if item.page_address != address:
+                continue
+            try:
+                mapped = _drgn_helper(follow_pfn, drgn.Object(prog, "struct mm_struct *", mm), address)
+            except (drgn.FaultError, ValueError):
+                continue
+            if mapped is not None and mapped.value_() == pfn:
+                found.append(item)
     return found
 
 

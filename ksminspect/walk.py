@@ -314,9 +314,44 @@ class Walker:
             prev, pos = pos - off, node.list_next
 
 
+class RmapLists:
+    """``ksm_mm_head`` and each mm's ``rmap_list``, walked once, damage kept.
+
+    Iterating yields ``(slot, mm, items)`` for each ``struct ksm_mm_slot`` in
+    scan order, *items* an iterator over that mm's rmap_items. A walk cut
+    short does not raise: its :class:`Damage` is kept in :attr:`mm_head_damage`
+    (the list of slots) or in :attr:`cut` under the mm whose rmap_list it was
+    (what follows there was not seen, which is no evidence of anything).
+    """
+
+    def __init__(self, w: Walker):
+        self.w = w
+        self.mm_head_damage: Optional[Damage] = None
+        self.cut: dict[int, Damage] = {}  # mm -> why its rmap_list walk stopped early
+
+    @property
+    def damage(self) -> list[Damage]:
+        """Every damage met, rmap_lists first."""
+        return list(self.cut.values()) + ([self.mm_head_damage] if self.mm_head_damage else [])
+
+    def __iter__(self) -> Iterator[tuple[int, int, Iterator[RmapItem]]]:
+        w = self.w
+        try:
+            for slot in w.for_each_mm_slot():
+                mm, first = w.mm_slot(slot)
+                yield slot, mm, self._items(first, slot, mm)
+        except WalkDamage as e:
+            self.mm_head_damage = e.damage
+
+    def _items(self, first: int, slot: int, mm: int) -> Iterator[RmapItem]:
+        try:
+            yield from self.w.for_each_rmap_item(first, slot)
+        except WalkDamage as e:
+            self.cut[mm] = e.damage
+
+
 def walker(prog: drgn.Program) -> Walker:
-    """The :class:`Walker` of *prog*, made once and cached."""
-    w = prog.cache.get("ksminspect_walker")
-    if w is None:
-        w = prog.cache["ksminspect_walker"] = Walker(prog)
-    return w
+    """The :class:`Walker` of the session under way on *prog*."""
+    from ksminspect.session import session
+
+    return session(prog).walker

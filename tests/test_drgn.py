@@ -154,3 +154,33 @@ def test_watch_inside_drgn_gives_sigint_back(monkeypatch, capsys) -> None:
                App(None, (), prog=drgn_program(DUMPS[0])))
     assert code == 0 and signal.getsignal(signal.SIGINT) is before
     assert len(capsys.readouterr().out.splitlines()) >= 2
+
+
+def test_each_ksm_command_reads_the_kernel_afresh() -> None:
+    """Two %ksm commands on one program (as in drgn's REPL on a live kernel):
+    the second sees memory as it is when it runs, not what the first kept.
+    The test changes an rmap_item's flags between them through a memory
+    segment laid over the dump's."""
+    from ksminspect.commands.main import App, run
+    from ksminspect.layout import STABLE_FLAG, get_layout
+
+    dump = next(d for d in DUMPS if d.name == "6.12-numa")
+    prog = drgn_program(dump)
+
+    def rmap() -> dict[str, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert run(["rmap", "--format", "json"], App(None, (), prog)) == 0
+        return {i["item"]: i["state"] for i in json.loads(out.getvalue())["items"]}
+
+    before = rmap()
+    item = int(next(a for a, state in before.items() if state == "none"), 16)
+    page = item & ~0xFFF
+    memory = bytearray(prog.read(page, 0x1000))
+    prog.add_memory_segment(page, 0x1000, lambda address, count, offset, physical:
+                            bytes(memory[offset:offset + count]))
+    memory[item - page + get_layout(prog).rmap_item.address + 1] |= STABLE_FLAG >> 8
+    after = rmap()
+    assert after[f"{item:#x}"] == "stable"
+    assert {a: s for a, s in after.items() if a != f"{item:#x}"} == \
+        {a: s for a, s in before.items() if a != f"{item:#x}"}

@@ -1,0 +1,55 @@
+"""One command's run over a program: what it reads of the kernel's moving
+state belongs to it alone.
+
+drgn keeps facts that never change in ``prog.cache`` (ksminspect's layout is
+one); memory read from the kernel, the walker's kept chunks and the owners of
+mms change, so they live in a :class:`Session`. The command line and ``%ksm``
+begin a new session per command; a drgn script that never begins one gets one
+on first use, for as long as it keeps the program.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import drgn
+
+from ksminspect.layout import KsmLayout, get_layout
+
+if TYPE_CHECKING:
+    from ksminspect.walk import Walker
+
+_KEY = "ksminspect_session"
+
+
+class Session:
+    """The walker (with the memory chunks it keeps) and the caches of one
+    command's run over *prog*."""
+
+    def __init__(self, prog: drgn.Program):
+        self.prog = prog
+        self.layout: KsmLayout = get_layout(prog)
+        self._walker: Optional["Walker"] = None
+        # mm (struct mm_struct *) -> MmOwner, and the task walk behind it
+        self.owner_by_mm: dict[int, Any] = {}
+        self.owners_by_task_walk: Optional[dict[int, tuple[int, str]]] = None
+
+    @property
+    def walker(self) -> "Walker":
+        if self._walker is None:
+            from ksminspect.walk import Walker
+
+            self._walker = Walker(self.prog, self.layout)
+        return self._walker
+
+
+def begin_session(prog: drgn.Program) -> Session:
+    """A fresh session for a new command: nothing an earlier one read is kept."""
+    s = prog.cache[_KEY] = Session(prog)
+    return s
+
+
+def session(prog: drgn.Program) -> Session:
+    """The session under way on *prog*, begun on first use."""
+    s = prog.cache.get(_KEY)
+    return s if s is not None else begin_session(prog)
