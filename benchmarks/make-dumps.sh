@@ -17,7 +17,9 @@ gcc -static -O2 -o "$BENCH/initrd/init" "$vmcores/scripts/ksm-workload.c"
 
 common="ksmw.sparse=1 ksmw.max_page_sharing=8 ksmw.chain=4 ksmw.volatile=64 ksmw.exit=1
         ksmw.pages_to_scan=20000 ksmw.sleep_millisecs=0 ksmw.pairs=0"
-for size in "${@:-small medium large}"; do
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(small medium large)
+for size in "${sizes[@]}"; do
     case $size in
         small)  memory=1024; work="ksmw.sharers=4 ksmw.shared=12000 ksmw.unique=12000 ksmw.cow=500" ;;
         medium) memory=2560; work="ksmw.sharers=6 ksmw.shared=24500 ksmw.unique=24500 ksmw.cow=1000" ;;

@@ -17,9 +17,21 @@ def finding_json(f) -> dict[str, Any]:
             "rule": f.rule, "transient": f.transient, "message": f.message}
 
 
+def _complete_checks(incomplete: str) -> list:
+    from click.shell_completion import CompletionItem
+
+    from ksminspect.checks import RULES
+
+    done, _, last = incomplete.rpartition(",")
+    prefix = done + "," if done else ""
+    return [CompletionItem(prefix + r.id, help=r.keeps) for r in RULES if r.id.startswith(last)]
+
+
 @click.command("check")
 @click.option("--strict", is_flag=True, help="Warnings count as errors for the exit code.")
-@click.option("--only", metavar="CHECK[,CHECK...]", help="Report only these checks.")
+@click.option("--only", metavar="CHECK[,CHECK...]", shell_complete=lambda ctx, param, incomplete:
+              _complete_checks(incomplete),
+              help="Run only these checks (and only the walks they need).")
 @click.option("--retries", type=int, default=3, show_default=True,
               help="Live kernel: walks before an inconsistency is reported.")
 @format_option
@@ -45,15 +57,15 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
         if unknown:
             raise click.BadParameter(f"unknown check {', '.join(sorted(unknown))}; "
                                      f"known: {', '.join(CHECKS)}", param_hint="--only")
-    report = check_live(prog, retries) if app.live else run_checks(prog)
-    findings = [f for f in report.findings if not only or f.check in only.split(",")]
-    cannot_tell = {c: why for c, why in report.cannot_tell.items() if not only or c in only.split(",")}
+    chosen = only.split(",") if only else None
+    report = check_live(prog, retries, chosen) if app.live else run_checks(prog, only=chosen)
+    findings, cannot_tell = report.findings, report.cannot_tell
     counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
     failing = counts["error"] + (counts["warning"] if strict else 0)
 
     if fmt == "json":
         emit_json({"findings": [finding_json(f) for f in findings], "counts": counts,
-                   "checks": list(CHECKS), "stats": report.stats, "live": app.live,
+                   "checks": chosen or list(CHECKS), "stats": report.stats, "live": app.live,
                    "cannot_tell": cannot_tell})
     else:
         by_check: dict[str, list] = {}
@@ -72,6 +84,6 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
         for name, why in cannot_tell.items():
             click.echo(f"cannot tell ({name}): {why}")
         click.echo(f"{counts['error']} errors, {counts['warning']} warnings, "
-                   f"{counts['info']} info; {len(CHECKS)} checks"
+                   f"{counts['info']} info; {len(chosen or CHECKS)} checks"
                    + (" (live kernel)" if app.live else ""))
     click.get_current_context().exit(EXIT_FINDINGS if failing else EXIT_OK)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Collection, Iterator, Optional
 
 import drgn
 
@@ -50,28 +50,52 @@ class Finding:
         return (self.check, self.address, self.rule)
 
 
-# check id -> what it verifies (the README's list is generated from this).
-CHECKS: dict[str, str] = {
-    "walk-damage": "every list and tree can be walked: no cycle, no unreadable or misaligned pointer",
-    "rmap-owner": "every rmap_item on an mm's rmap_list has item->mm == that mm",
-    "rmap-order": "addresses ascend along each rmap_list",
-    "rmap-flags": "no rmap_item carries both STABLE_FLAG and UNSTABLE_FLAG",
-    "mm-counters": "mm->ksm_rmap_items and mm->ksm_merging_pages equal the mm's walked items",
-    "global-counters": "ksm_rmap_items, pages_shared, pages_sharing, pages_unshared, chains and dups equal the walk",
-    "unstable-seqnr": "an UNSTABLE_FLAG item's seqnr is ksm_scan.seqnr or one behind",
-    "unstable-tree": "unstable tree nodes have UNSTABLE_FLAG and the trees' seqnr; every such item is in a tree",
-    "stable-membership": "a stable node's items have STABLE_FLAG and head pointing back; every STABLE_FLAG item is on a node",
-    "hlist-len": "rmap_hlist_len equals the length of a stable node's hlist",
-    "chain": "a chain holds dups only, each with head == STABLE_NODE_DUP_HEAD and at most max_page_sharing sharers",
-    "kpfn": "the page at a stable node's kpfn is a KSM page whose mapping points back at the node",
-    "anon-vma": "a stable item's anon_vma is a live anon_vma",
-    "vma-mergeable": "a stable item's address lies in a VMA that KSM may merge",
-    "stale-offset": "no item outside the stable tree still holds a page offset (kernels with the seed's member)",
-    "wrong-offset": "a stable item's page offset is its linear page index or its VMA's vm_pgoff",
-    "overlay-garbage": "age and remaining_skips are values the smart scan can produce",
-    "stale-anon-vma": "what an item outside the stable tree keeps in its anon_vma slot",
-    "orphans": "every allocated object of the KSM slab caches is reached by a walk",
-}
+@dataclass(frozen=True)
+class Rule:
+    """One check: its id, what a healthy KSM keeps, and the walks it needs."""
+
+    id: str
+    keeps: str
+    passes: frozenset[str]  # of "rmap_lists", "stable_trees", "unstable_trees", "slab"
+
+
+def _rule(id: str, keeps: str, *passes: str) -> Rule:
+    return Rule(id, keeps, frozenset(("rmap_lists",) + passes))  # every walk rests on the rmap_lists
+
+
+# The registry: CHECKS, --only and its completion, and the README's table
+# (tests/test_check.py compares them) come from here.
+RULES: tuple[Rule, ...] = (
+    _rule("walk-damage", "every list and tree can be walked: no cycle, no unreadable or misaligned pointer",
+          "stable_trees", "unstable_trees"),
+    _rule("rmap-owner", "every rmap_item on an mm's rmap_list has item->mm == that mm"),
+    _rule("rmap-order", "addresses ascend along each rmap_list"),
+    _rule("rmap-flags", "no rmap_item carries both STABLE_FLAG and UNSTABLE_FLAG"),
+    _rule("mm-counters", "mm->ksm_rmap_items and mm->ksm_merging_pages equal the mm's walked items"),
+    _rule("global-counters", "ksm_rmap_items, pages_shared, pages_sharing, pages_unshared, chains and dups "
+          "equal the walk", "stable_trees", "unstable_trees"),
+    _rule("unstable-seqnr", "an UNSTABLE_FLAG item's seqnr is ksm_scan.seqnr or one behind"),
+    _rule("unstable-tree", "unstable tree nodes have UNSTABLE_FLAG and the trees' seqnr; every such item "
+          "is in a tree", "unstable_trees"),
+    _rule("stable-membership", "a stable node's items have STABLE_FLAG and head pointing back; every "
+          "STABLE_FLAG item is on a node", "stable_trees"),
+    _rule("hlist-len", "rmap_hlist_len equals the length of a stable node's hlist", "stable_trees"),
+    _rule("chain", "a chain holds dups only, each with head == STABLE_NODE_DUP_HEAD and at most "
+          "max_page_sharing sharers", "stable_trees"),
+    _rule("kpfn", "the page at a stable node's kpfn is a KSM page whose mapping points back at the node",
+          "stable_trees"),
+    _rule("anon-vma", "a stable item's anon_vma is a live anon_vma"),
+    _rule("vma-mergeable", "a stable item's address lies in a VMA that KSM may merge"),
+    _rule("stale-offset", "no item outside the stable tree still holds a page offset (kernels with the "
+          "seed's member)"),
+    _rule("wrong-offset", "a stable item's page offset is its linear page index or its VMA's vm_pgoff"),
+    _rule("overlay-garbage", "age and remaining_skips are values the smart scan can produce"),
+    _rule("stale-anon-vma", "what an item outside the stable tree keeps in its anon_vma slot"),
+    _rule("orphans", "every allocated object of the KSM slab caches is reached by a walk",
+          "stable_trees", "unstable_trees", "slab"),
+)
+# check id -> what a healthy KSM keeps
+CHECKS: dict[str, str] = {r.id: r.keeps for r in RULES}
 
 
 _UNKNOWN = object()  # not looked up yet
@@ -587,12 +611,16 @@ class _Checker:
 
     # -- cross-checks ----------------------------------------------------
 
-    def cross_check(self) -> None:
+    def cross_check(self, counters: bool = True) -> None:
+        """STABLE_FLAG items on no node; with *counters* (every walk ran), the
+        kernel's counters against the walks."""
         for address in self.stable_items.keys() - self.items_on_nodes:
             item = self.stable_items[address]
             self.add("stable-membership", Severity.ERROR, address,
                      f"rmap_item {address:#x} has STABLE_FLAG but is on the hlist of no stable node "
                      f"(its head is {item.head:#x})", item)
+        if not counters:
+            return
         c = self.counters
         walked = {"rmap_items": self.n_items, "pages_shared": self.pages_shared,
                   "pages_sharing": self.pages_sharing, "pages_unshared": self.n_unstable}
@@ -654,24 +682,37 @@ class _Checker:
 
 def _vm_flags(vma: drgn.Object) -> int:
     flags = vma.vm_flags
-    if flags.type_.unaliased_kind() == drgn.TypeKind.STRUCT:  # vma_flags_t bitmap (v7.x)
+    if flags.type_.unaliased().kind == drgn.TypeKind.STRUCT:  # vma_flags_t bitmap (v7.x)
         return int.from_bytes(flags.to_bytes_()[:8], "little")
     return flags.value_()
 
 
-def run_checks(prog: drgn.Program, live: bool = False, fast: bool = True) -> CheckReport:
-    """Every check on *prog*; *live* softens what a moving kernel explains.
-    *fast* False takes the slow reference path (same findings, by test)."""
+def run_checks(prog: drgn.Program, live: bool = False, fast: bool = True,
+               only: Optional[Collection[str]] = None) -> CheckReport:
+    """The checks *only* names (every one by default) on *prog*, running only
+    the walks they need; *live* softens what a moving kernel explains. *fast*
+    False takes the slow reference path (same findings, by test)."""
+    chosen = {r.id for r in RULES if only is None or r.id in only}
+    need = {p for r in RULES if r.id in chosen for p in r.passes}
     c = _Checker(prog, live, fast)
     c.walk_mm_slots()
-    c.walk_stable_trees()
-    c.walk_unstable_trees()
-    c.cross_check()
-    c.check_orphans()
-    return c.report
+    if "stable_trees" in need:
+        c.walk_stable_trees()
+    if "unstable_trees" in need:
+        c.walk_unstable_trees()
+    if "stable_trees" in need:
+        c.cross_check(counters="unstable_trees" in need)
+    if "slab" in need:
+        c.check_orphans()
+    report = c.report
+    if only is not None:
+        report.findings = [f for f in report.findings if f.check in chosen]
+        report.cannot_tell = {k: v for k, v in report.cannot_tell.items() if k in chosen}
+    return report
 
 
-def check_live(prog: drgn.Program, attempts: int = 3) -> CheckReport:
+def check_live(prog: drgn.Program, attempts: int = 3,
+               only: Optional[Collection[str]] = None) -> CheckReport:
     """Checks on a live kernel: KSM moves while we read, so the walk is
     repeated and only what every attempt saw is reported, as transient unless
     it is informational. Each attempt is a session of its own."""
@@ -680,7 +721,7 @@ def check_live(prog: drgn.Program, attempts: int = 3) -> CheckReport:
     reports = []
     for _ in range(max(attempts, 1)):
         begin_session(prog)  # read the moving kernel afresh
-        reports.append(run_checks(prog, live=True))
+        reports.append(run_checks(prog, live=True, only=only))
         common = set.intersection(*({f.key for f in r.findings} for r in reports))
         if not any(f.severity != Severity.INFO for f in reports[-1].findings if f.key in common):
             break

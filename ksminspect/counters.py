@@ -22,7 +22,7 @@ def _var(name: str) -> Callable[[drgn.Program], Optional[int]]:
         obj = read_variable(prog, name)
         if obj is None:
             return None
-        if obj.type_.unaliased_kind() == drgn.TypeKind.STRUCT:
+        if obj.type_.unaliased().kind == drgn.TypeKind.STRUCT:
             obj = obj.counter  # atomic_long_t (v6.10)
         return int(obj.value_())  # bool tunables print as 0/1
     return read

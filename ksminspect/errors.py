@@ -26,7 +26,9 @@ class TargetError(KsmInspectError):
 
 # What a drgn helper raises when it cannot do its job on this kernel, as
 # opposed to memory that says something: no page-table walker for the
-# architecture (NotImplementedError, e.g. i386), a type or symbol the helper
-# needs that this configuration lacks (LookupError), a variable the compiler
-# folded away (ObjectAbsentError). The answer is then "cannot tell".
-HELPER_LIMITS = (NotImplementedError, LookupError, drgn.ObjectAbsentError)
+# architecture (NotImplementedError, e.g. i386), a type, member or symbol the
+# helper needs that this configuration or this drgn's idea of it lacks
+# (LookupError, AttributeError), a variable the compiler folded away
+# (ObjectAbsentError). The answer is then "cannot tell". Caught only around
+# calls of drgn's helpers, never around ksminspect's own code.
+HELPER_LIMITS = (NotImplementedError, LookupError, AttributeError, drgn.ObjectAbsentError)

@@ -277,7 +277,7 @@ def _mm_struct_layout(prog: drgn.Program) -> MmStructLayout:
     atomic = False
     if zero is not None:
         zt = t.member("ksm_zero_pages").type
-        atomic = zt.unaliased_kind() == drgn.TypeKind.STRUCT  # atomic_long_t
+        atomic = zt.unaliased().kind == drgn.TypeKind.STRUCT  # atomic_long_t
     return MmStructLayout(
         ksm_rmap_items=_offset(t, "ksm_rmap_items"),
         ksm_merging_pages=_offset(t, "ksm_merging_pages"),
@@ -297,7 +297,7 @@ def _address_of(prog: drgn.Program, name: str) -> Optional[int]:
 def _tree_roots_layout(prog: drgn.Program, name: str, single: str) -> TreeRootsLayout:
     var = prog[name]
     nr_node_ids = _address_of(prog, "ksm_nr_node_ids")
-    if var.type_.unaliased_kind() != drgn.TypeKind.POINTER:  # before v3.9: the root itself
+    if var.type_.unaliased().kind != drgn.TypeKind.POINTER:  # before v3.9: the root itself
         return TreeRootsLayout(pointer=None, roots=var.address_, nr_node_ids=None)
     if not var.absent_:
         return TreeRootsLayout(pointer=var.address_, roots=0, nr_node_ids=nr_node_ids)

@@ -26,7 +26,7 @@ class MmOwner:
 
 
 def _read_counter(obj: drgn.Object) -> int:
-    if obj.type_.unaliased_kind() == drgn.TypeKind.STRUCT:
+    if obj.type_.unaliased().kind == drgn.TypeKind.STRUCT:
         obj = obj.counter  # atomic_t / atomic_long_t
     return obj.value_()
 

@@ -43,6 +43,21 @@ class PageReport:
         return self.stable_node is not None
 
 
+def _follow_pfn(mm: drgn.Object, address: int) -> Optional[int]:
+    """The pfn *address* maps to in *mm*, None where it maps none. A fault
+    at another address than *address* is a page table the dump does not
+    hold (or this drgn cannot find): cannot tell, not "unmapped"."""
+    try:
+        return _drgn_helper(follow_pfn, mm, address).value_()
+    except drgn.FaultError as e:
+        if e.address == address:
+            return None
+        raise KsmInspectError(f"cannot tell whether {address:#x} is mapped: the page tables "
+                              f"that would say cannot be read ({e})") from None
+    except ValueError:
+        return None
+
+
 def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
     """``(struct page *, page->mapping)`` of *pfn*."""
     page = _drgn_helper(pfn_to_page, prog, pfn)
@@ -82,11 +97,8 @@ def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapI
         for item in items:
             if item.page_address != address:
                 continue
-            try:
-                mapped = _drgn_helper(follow_pfn, drgn.Object(prog, "struct mm_struct *", mm), address)
-            except (drgn.FaultError, ValueError):
-                continue
-            if mapped is not None and mapped.value_() == pfn:
+            mapped = _follow_pfn(drgn.Object(prog, "struct mm_struct *", mm), address)
+            if mapped == pfn:
                 found.append(item)
     return found
 
@@ -114,14 +126,11 @@ def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
         raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")
     page_address = address & walker(prog).layout.page_mask
     items = _items_at(prog, mm, page_address)
-    try:
-        pfn = _drgn_helper(follow_pfn, task.mm, page_address)
-    except (drgn.FaultError, ValueError):
-        pfn = None
+    pfn = _follow_pfn(task.mm, page_address)
     if pfn is None:
         report = PageReport(-1, 0, 0, None, None, None, items)
     else:
-        report = inspect_pfn(prog, pfn.value_())
+        report = inspect_pfn(prog, pfn)
         report.items = items
     report.pid, report.address = pid, page_address
     return report

@@ -238,9 +238,10 @@ def check_kernel_addresses(prog: drgn.Program) -> None:
     if found != expected:
         raise TargetError(
             f"this program reads the kernel's variables at the wrong addresses: init_uts_ns does "
-            f"not hold the release {expected.decode(errors='replace')} that VMCOREINFO names. Most "
-            f"likely the kernel moved itself (KASLR) and its VMCOREINFO has no KERNELOFFSET, as on "
-            f"x86-32: open the dump with ksminspect -c, or in Python with ksminspect.open_program()")
+            f"not hold the release {expected.decode(errors='replace')} that VMCOREINFO names, so "
+            f"drgn did not learn where KASLR placed the kernel. x86-32 writes no KERNELOFFSET: "
+            f"open such a dump with ksminspect -c, or in Python with ksminspect.open_program(); "
+            f"elsewhere a newer drgn may know the architecture's way")
     prog.cache["ksminspect_addresses_checked"] = True
 
 

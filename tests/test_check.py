@@ -66,9 +66,11 @@ def test_no_stale_offset_where_resets_run() -> None:
     code, data = check_json(dump)
     assert code == 0
     assert not [f for f in data["findings"] if f["check"] in ("stale-offset", "overlay-garbage", "wrong-offset")]
-    # the same items left the stable tree, keeping only their anon_vma
-    assert sum(f["check"] == "stale-anon-vma" for f in data["findings"]) == \
-        dump.truth["workload"]["pairs_written"] + dump.truth["workload"]["cow_written"]
+    # the same items left the stable tree, keeping only their anon_vma (where
+    # this drgn can look up slab objects of this kernel)
+    if "stale-anon-vma" not in data["cannot_tell"]:
+        assert sum(f["check"] == "stale-anon-vma" for f in data["findings"]) == \
+            dump.truth["workload"]["pairs_written"] + dump.truth["workload"]["cow_written"]
 
 
 def test_strict_and_only() -> None:
@@ -272,3 +274,38 @@ def test_fast_path_finds_what_the_slow_path_finds(dump: Dump) -> None:
     slow = run_checks(prog, fast=False)
     assert fast.findings == slow.findings
     assert fast.stats == slow.stats
+
+
+# -- the registry ----------------------------------------------------------
+
+def test_readme_table_is_the_registry() -> None:
+    import re
+
+    from ksminspect.checks import CHECKS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## What `check` verifies", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z-]+)` \| (.+?) \|$", section, re.M)
+    assert rows == list(CHECKS.items())
+
+
+def test_only_runs_the_walks_its_checks_need(monkeypatch) -> None:
+    """--only rmap-order walks the rmap_lists alone, and finds there what
+    the full run finds for it; every rule alone finds what it finds in the
+    full run (on the dump with the seed's bug)."""
+    from ksminspect.checks import RULES, _Checker, run_checks
+
+    dump = BY_NAME["7.2-seed-noreset"]
+    prog = program_of(dump)
+    full = run_checks(prog)
+    for rule in RULES:
+        alone = run_checks(prog, only=[rule.id])
+        assert alone.findings == [f for f in full.findings if f.check == rule.id], rule.id
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("a walk --only rmap-order does not need")
+
+    for walk in ("walk_stable_trees", "walk_unstable_trees", "check_orphans"):
+        monkeypatch.setattr(_Checker, walk, forbidden)
+    assert run_checks(prog, only=["rmap-order", "stale-offset"]).findings == \
+        [f for f in full.findings if f.check in ("rmap-order", "stale-offset")]

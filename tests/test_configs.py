@@ -111,10 +111,10 @@ def test_helpers_drgn_lacks_on_i386_are_cannot_tell(dump32: Dump) -> None:
     cannot run. check says so per check; page refuses in one sentence."""
     data = json.loads(run_cli(*dump32.args, "check", "--format", "json").stdout)
     for check in ("anon-vma", "stale-anon-vma", "orphans"):
-        assert "not implemented for i386" in data["cannot_tell"][check]
+        assert "drgn's slab" in data["cannot_tell"][check]  # drgn's own words follow
     share = next(p["pid"] for p in dump32.processes if p["role"] == "share")
     r = run_main(*dump32.args, "page", "--pid", str(share), "0x8000000")
-    assert r.returncode == 2 and "cannot tell: drgn's follow_pfn()" in r.stderr
+    assert r.returncode == 2 and "cannot tell" in r.stderr
 
 
 def test_classic_sparsemem_kpfn_is_cannot_tell() -> None:

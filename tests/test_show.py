@@ -145,7 +145,7 @@ def cannot_tell_or_json(dump: Dump, *args: str):
     try:
         return run_json(*dump.args, *args)
     except KsmInspectError as e:
-        assert str(e).startswith("cannot tell: drgn's "), e
+        assert str(e).startswith("cannot tell"), e
         return None
 
 
