@@ -106,7 +106,11 @@ def run_cli(*args: str) -> Any:
 
     from ksminspect.commands.main import cli
 
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes stderr into stdout
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps them apart, and has no such argument
+    return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
 def run_json(*args: str) -> Any:
