@@ -91,6 +91,9 @@ RULES: tuple[Rule, ...] = (
     _rule("wrong-offset", "a stable item's page offset is its linear page index or its VMA's vm_pgoff"),
     _rule("overlay-garbage", "age and remaining_skips are values the smart scan can produce"),
     _rule("stale-anon-vma", "what an item outside the stable tree keeps in its anon_vma slot"),
+    _rule("links", "every back link points where the walk came from: list_head.prev on ksm_mm_head and "
+          "migrate_nodes, hlist_node.pprev on a stable node's items and a chain's dups, the rb_node "
+          "parent in the stable and unstable trees", "stable_trees", "unstable_trees"),
     _rule("orphans", "every allocated object of the KSM slab caches is reached by a walk",
           "stable_trees", "unstable_trees", "slab"),
 )
@@ -638,6 +641,10 @@ class _Checker:
         self.report.stats["stable_items"] = len(self.stable_items)
 
 
+    def check_links(self) -> None:
+        for bad in self.w.bad_links.values():
+            self.add("links", Severity.ERROR, bad.address, bad.sentence())
+
     # -- orphans ---------------------------------------------------------
 
     def check_orphans(self) -> None:
@@ -702,6 +709,8 @@ def run_checks(prog: drgn.Program, live: bool = False, fast: bool = True,
         c.walk_unstable_trees()
     if "stable_trees" in need:
         c.cross_check(counters="unstable_trees" in need)
+    if "links" in chosen:
+        c.check_links()
     if "slab" in need:
         c.check_orphans()
     report = c.report

@@ -48,6 +48,27 @@ class Damage:
                 f"{what}; the walk stopped there")
 
 
+@dataclass(frozen=True)
+class BadLink:
+    """A back link that does not point where the walk came from: what
+    drgn's ``validate_*`` helpers check (``list_head.prev``,
+    ``hlist_node.pprev``, the ``rb_node`` parent). The walk goes on."""
+
+    walk: str
+    address: int  # the object whose back link is wrong
+    link: str  # "list_head.prev", "hlist_node.pprev", "rb_node parent"
+    found: int
+    expected: int
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.walk, self.address, self.link)
+
+    def sentence(self) -> str:
+        return (f"{self.walk}: the {self.link} of {self.address:#x} is {self.found:#x}, "
+                f"not {self.expected:#x} where the walk came from")
+
+
 class WalkDamage(Exception):
     def __init__(self, damage: Damage):
         super().__init__(damage.sentence())
@@ -71,6 +92,8 @@ class Walker:
         self.ptr = self.layout.pointer_size
         self._chunks: dict[int, bytes] = {}
         self._chunked = chunked
+        # back links the walks found wrong, once each however often walked
+        self.bad_links: dict[tuple[str, int, str], BadLink] = {}
 
     # -- raw reading ---------------------------------------------------
 
@@ -96,6 +119,9 @@ class Walker:
         except drgn.FaultError:
             raise WalkDamage(Damage(walk, owner, address, "fault")) from None
 
+    def _bad_link(self, bad: BadLink) -> None:
+        self.bad_links.setdefault(bad.key, bad)
+
     def read_word(self, walk: str, owner: int, address: int) -> int:
         buf, off = self.object_bytes(walk, owner, address, self.ptr)
         return self._unpack_word(buf, off)[0]
@@ -116,6 +142,9 @@ class Walker:
             seen.add(pos)
             slot = pos - off
             nxt = self.read_word("ksm_mm_head", prev - off if prev != head else head, pos)
+            back = self.read_word("ksm_mm_head", slot, pos + self.ptr)
+            if back != prev:
+                self._bad_link(BadLink("ksm_mm_head", slot, "list_head.prev", back, prev))
             yield slot
             prev, pos = pos, nxt
 
@@ -219,7 +248,11 @@ class Walker:
                     raise WalkDamage(Damage(walk, owner, node, "limit"))
                 seen.add(node)
                 buf, off = self.object_bytes(walk, owner, node - node_offset, size)
-                _, right, left = unpack(buf, off + node_offset)
+                parent_color, right, left = unpack(buf, off + node_offset)
+                parent = 0 if owner == root else owner
+                if parent_color & ~3 != parent:
+                    self._bad_link(BadLink(walk, node - node_offset, "rb_node parent",
+                                                  parent_color & ~3, parent))
                 stack.append((node, buf, off, right))
                 owner, node = node, left
             node, buf, off, right = stack.pop()
@@ -244,25 +277,30 @@ class Walker:
         buf, off = self.object_bytes("stable_node", address, address, self.decode_stable_node.size)
         return self.decode_stable_node(address, buf, off)
 
-    def _hlist(self, walk: str, owner: int, first: int, member: int) -> Iterator[int]:
-        """Containers on an hlist whose nodes sit at *member* in each container."""
+    def _hlist(self, walk: str, owner: int, head: int, member: int) -> Iterator[int]:
+        """Containers on the hlist whose ``struct hlist_head`` is at *head* (in
+        *owner*), its nodes at *member* in each container."""
         seen: set[int] = set()
-        pos = first
-        prev = owner
+        pos = self.read_word(walk, owner, head)
+        prev, link = owner, head  # link: where the pointer to pos was read
         while pos:
             if pos in seen or len(seen) > MAX_WALK:
                 raise WalkDamage(Damage(walk, prev, pos, "cycle"))
             seen.add(pos)
             nxt = self.read_word(walk, prev, pos)
+            pprev = self.read_word(walk, pos - member, pos + self.ptr)
+            if pprev != link:
+                self._bad_link(BadLink(walk, pos - member, "hlist_node.pprev", pprev, link))
             yield pos - member
-            prev, pos = pos - member, nxt
+            prev, link, pos = pos - member, pos, nxt
 
     def for_each_stable_node_dup(self, chain: StableNode) -> Iterator[StableNode]:
         """The dups of a chain (``hlist_for_each_entry(dup, &chain->hlist, hlist_dup)``)."""
         off = self.layout.stable_node.hlist_dup
         if off is None:
             return
-        for dup in self._hlist("chain", chain.address, chain.hlist_first, off):
+        for dup in self._hlist("chain", chain.address, chain.address + self.layout.stable_node.hlist,
+                               off):
             yield self.stable_node(dup)
 
     def for_each_stable_node_rmap_item(self, node: StableNode,
@@ -279,11 +317,16 @@ class Walker:
         member = self.layout.rmap_item.hlist
         saved, power, steps = 0, 1, 0
         prev, pos = node.address, node.hlist_first
+        link = node.address + self.layout.stable_node.hlist  # where the pointer to pos was read
         while pos:
             item = known.get(pos - member)
             if item is None:
                 buf, off = self.object_bytes("stable_node_hlist", prev, pos - member, size)
                 item = decode(pos - member, buf, off)
+            if item.hlist_pprev != link:
+                self._bad_link(BadLink("stable_node_hlist", item.address, "hlist_node.pprev",
+                                         item.hlist_pprev, link))
+            link = pos
             yield item
             steps += 1
             if steps == power:
@@ -310,6 +353,10 @@ class Walker:
                 raise WalkDamage(Damage("migrate_nodes", prev, pos, "cycle"))
             seen.add(pos)
             node = self.stable_node(pos - off)
+            back = prev + off if prev != head else head
+            if node.list_prev != back:
+                self._bad_link(BadLink("migrate_nodes", node.address, "list_head.prev",
+                                              node.list_prev, back))
             yield node
             prev, pos = pos - off, node.list_next
 

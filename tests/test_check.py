@@ -239,6 +239,36 @@ def d_orphan(dump):
         {"orphans", "mm-counters", "global-counters"}, it.address
 
 
+def d_mm_slot_prev(dump):
+    prog = program_of(dump)
+    w = walker(prog)
+    slot = list(w.for_each_mm_slot())[1]
+    mm_node = slot + w.layout.mm_slot.mm_node
+    return [(mm_node + w.layout.pointer_size, word(mm_node))], {"links"}, slot
+
+
+def d_item_pprev(dump):
+    prog, w, node = _stable_node(dump)
+    item = next(w.for_each_stable_node_rmap_item(node))
+    return [(item.address + w.layout.rmap_item.hlist + w.layout.pointer_size, word(item.address))], \
+        {"links"}, item.address
+
+
+def d_rb_parent(dump):
+    prog, w, node = _stable_node(dump)
+    wrong = node.address + 0x40  # colour bits kept
+    return [(node.address + w.layout.stable_node.node, word(wrong | (node.rb_parent_color & 3)))], \
+        {"links"}, node.address
+
+
+def d_unstable_rb_parent(dump):
+    prog = program_of(dump)
+    w = walker(prog)
+    item = next(i for _, root in w.unstable_tree_roots() for i in w.for_each_unstable_item(root))
+    return [(item.address + w.layout.rmap_item.node, word((item.head & ~3) + 0x40 | (item.head & 3)))], \
+        {"links"}, item.address
+
+
 DAMAGE: list[tuple[str, Callable]] = [
     ("6.12-numa", d_rmap_list_wild), ("6.12-numa", d_rmap_owner), ("6.12-numa", d_rmap_order),
     ("6.12-numa", d_rmap_flags), ("6.12-numa", d_mm_counter), ("6.12-numa", d_global_counter),
@@ -247,6 +277,8 @@ DAMAGE: list[tuple[str, Callable]] = [
     ("6.12-numa", d_stale_anon_vma), ("6.12-numa", d_overlay_skips), ("6.12-numa", d_orphan),
     ("6.12-numa", d_vma_not_mergeable),
     ("7.2-seed", d_stale_offset), ("7.2-seed", d_wrong_offset), ("5.10-chains", d_rmap_order),
+    ("6.12-numa", d_mm_slot_prev), ("6.12-numa", d_item_pprev), ("6.12-numa", d_rb_parent),
+    ("6.12-nonuma", d_unstable_rb_parent),
 ]
 
 
