@@ -156,27 +156,27 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
     else:
         path = decompressed(core)
         cut = truncation(path)
-        info: Optional[bytes] = None
+        info: Optional[bytes] = None  # VMCOREINFO taken from the dump's memory
         try:
             prog = drgn.Program()
             prog.set_core_dump(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
             info = None if cut else vmcoreinfo_in_memory(path, [b for b in map(elf_build_id, files) if b])
-            prog = _open_core(path, info) if info else None
-            if prog is None:
+            opened = _open_core(path, info) if info else None
+            if opened is None:
                 raise TargetError(f"{core} cannot be read as a kernel core dump: "
                                   f"{cut or e}") from None
+            prog = opened
+        detail = _load_debug_info(prog, files)
+        fixed = _with_kernel_offset(prog, info or elf_vmcoreinfo_note(path))
+        reopened = _open_core(path, fixed) if fixed else None
+        if reopened is not None:  # x86-32: again, with the KASLR offset drgn lacked
+            prog = reopened
+            detail = _load_debug_info(prog, files)
+        if info:
             prog.cache["ksminspect_vmcoreinfo_note"] = (
                 f"{core} has no VMCOREINFO note (a QEMU dump without -device vmcoreinfo, or "
                 f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")
-        detail = _load_debug_info(prog, files)
-        fixed = _with_kernel_offset(prog, info or elf_vmcoreinfo_note(path))
-        if fixed:
-            note = prog.cache.get("ksminspect_vmcoreinfo_note")
-            prog = _open_core(path, fixed) or prog
-            detail = _load_debug_info(prog, files)
-            if note:
-                prog.cache["ksminspect_vmcoreinfo_note"] = note
         if cut:
             prog.cache["ksminspect_truncated"] = f"{core}: {cut}"
     if not _has_kernel_types(prog):
