@@ -252,7 +252,7 @@ class Walker:
                 parent = 0 if owner == root else owner
                 if parent_color & ~3 != parent:
                     self._bad_link(BadLink(walk, node - node_offset, "rb_node parent",
-                                                  parent_color & ~3, parent))
+                                           parent_color & ~3, parent))
                 stack.append((node, buf, off, right))
                 owner, node = node, left
             node, buf, off, right = stack.pop()
@@ -325,7 +325,7 @@ class Walker:
                 item = decode(pos - member, buf, off)
             if item.hlist_pprev != link:
                 self._bad_link(BadLink("stable_node_hlist", item.address, "hlist_node.pprev",
-                                         item.hlist_pprev, link))
+                                       item.hlist_pprev, link))
             link = pos
             yield item
             steps += 1
@@ -356,7 +356,7 @@ class Walker:
             back = prev + off if prev != head else head
             if node.list_prev != back:
                 self._bad_link(BadLink("migrate_nodes", node.address, "list_head.prev",
-                                              node.list_prev, back))
+                                       node.list_prev, back))
             yield node
             prev, pos = pos - off, node.list_next
 
