@@ -133,8 +133,8 @@ class _Checker:
         self.w: Walker = walker(prog) if fast else Walker(prog, chunked=False)
         self.layout: KsmLayout = self.w.layout
         self.report = CheckReport()
+        # mm -> (its VMAs, their starts); None where they cannot be read
         self.vmas: dict[int, Optional[tuple[list[_Vma], list[int]]]] = {}
-        self.unreadable_vmas: set[int] = set()  # mms whose VMAs cannot be read
         # (mm, VMA, whether KSM may merge in it) of the last lookup
         self.last_vma: Optional[tuple[int, _Vma, bool]] = None
         self.counters = read_counters(prog)
@@ -155,7 +155,7 @@ class _Checker:
         self.dups = 0
         self.mm_slots: set[int] = set()
         self.chain_nodes: set[int] = set()
-        self.damaged_mms: set[int] = set()  # mms whose rmap_list walk was cut short
+        self.damaged_mms: Collection[int] = ()  # mms whose rmap_list walk was cut short
         self.anon_vma_live: dict[int, Optional[str]] = {}
         self._vmemmap: Optional[tuple[int, int, int, bool]] = None
         tunables = read_tunables(prog)
@@ -192,7 +192,7 @@ class _Checker:
             self.vmas[mm] = None if vmas is None else (vmas, [v.start for v in vmas])
         entry = self.vmas[mm]
         if entry is None:
-            return None  # unknown: mm is in unreadable_vmas
+            return None  # unknown: see vmas_known()
         vmas, starts = entry
         i = bisect.bisect_right(starts, address) - 1
         if i >= 0 and vmas[i].start <= address < vmas[i].end:
@@ -202,8 +202,8 @@ class _Checker:
         return None
 
     def _read_vmas(self, mm: int) -> Optional[list[_Vma]]:
-        """The VMAs of *mm* in address order; None (and *mm* in
-        unreadable_vmas) where they cannot be read whole."""
+        """The VMAs of *mm* in address order; None where they cannot be read
+        whole."""
         from drgn.helpers.linux.mm import for_each_vma
 
         out = []
@@ -217,7 +217,6 @@ class _Checker:
             why = f"drgn's for_each_vma() cannot run on this kernel ({e})"
         else:
             return sorted(out, key=lambda v: v.start)
-        self.unreadable_vmas.add(mm)
         self.cannot_tell(("vma-mergeable", "wrong-offset"), why)
         return None
 
@@ -267,6 +266,7 @@ class _Checker:
         for slot, mm, items in lists:
             self.mm_slots.add(slot)
             self.check_rmap_list(mm, items, allowed, lists)
+        self.damaged_mms = lists.cut.keys()
         if lists.mm_head_damage:
             self.damage(lists.mm_head_damage)
 
@@ -337,7 +337,6 @@ class _Checker:
         cut = lists.cut.get(mm)
         if cut is not None:
             self.damage(cut)
-            self.damaged_mms.add(mm)
             return
         own = mm_counters(self.prog, mm)
         for key, walked in (("ksm_rmap_items", count), ("ksm_merging_pages", stable)):
@@ -360,7 +359,7 @@ class _Checker:
             self.add("anon-vma", Severity.ERROR, item.address,
                      f"stable rmap_item {item.address:#x}: its anon_vma {item.anon_vma:#x} {why}", item)
         vma = self.vma_at(item.mm, item.page_address)
-        vmas_known = item.mm not in self.unreadable_vmas
+        vmas_known = self.vmas.get(item.mm) is not None  # vma_at() just looked them up
         if vma is None:
             if vmas_known and not self.owner(item.mm).exited:
                 self.add("vma-mergeable", Severity.ERROR, item.address,
