@@ -196,28 +196,67 @@ _RMAP_FIELDS = list(RmapItem._fields[1:-1])  # all but address and page_address
 _new = tuple.__new__
 
 
+def rmap_item_fields(layout: KsmLayout) -> dict[str, tuple[Optional[int], int, bool]]:
+    """``struct ksm_rmap_item``'s members as ``name -> (offset, size,
+    signed)``; offset None where the layout lacks the member. Union members
+    overlap."""
+    r = layout.rmap_item
+    p = layout.pointer_size
+    return {
+        "rmap_list": (r.rmap_list, p, False),
+        "anon_vma": (r.anon_vma, p, False),
+        "mm": (r.mm, p, False),
+        "raw_address": (r.address, p, False),
+        "oldchecksum": (r.oldchecksum, 4, False),
+        "age": (r.age, 1, False),
+        "remaining_skips": (r.remaining_skips, 1, False),
+        "head": (r.head, p, False),
+        "hlist_next": (r.hlist, p, False),
+        "hlist_pprev": (r.hlist + p, p, False),
+        "nid": (r.nid, 4, True),
+        "offset": (r.offset, r.offset_size or p, False),
+    }
+
+
+def stable_node_fields(layout: KsmLayout) -> dict[str, tuple[Optional[int], int, bool]]:
+    """``struct ksm_stable_node``'s members, as :func:`rmap_item_fields`."""
+    s = layout.stable_node
+    p = layout.pointer_size
+    return {
+        "rb_parent_color": (s.node, p, False),
+        "rb_right": (s.node + p, p, False),
+        "rb_left": (s.node + 2 * p, p, False),
+        "list_next": (s.list, p, False),
+        "list_prev": (s.list + p, p, False),
+        "hlist_first": (s.hlist, p, False),
+        "kpfn": (s.kpfn, p, False),
+        "rmap_hlist_len": (s.rmap_hlist_len, 4, True),
+        "nid": (s.nid, 4, True),
+    }
+
+
+def record_dtype(layout: KsmLayout, fields: dict[str, tuple[Optional[int], int, bool]],
+                 size: int) -> Any:
+    """A numpy structured dtype over whole objects of *size* bytes: the same
+    fields as the decoders, overlapping where the kernel's unions do."""
+    import numpy as np
+
+    order = "<" if layout.little_endian else ">"
+    present = {n: f for n, f in fields.items() if f[0] is not None}
+    return np.dtype({"names": list(present),
+                     "formats": [f"{order}{'i' if signed else 'u'}{size_}"
+                                 for _, size_, signed in present.values()],
+                     "offsets": [off for off, _, _ in present.values()],
+                     "itemsize": size})
+
+
 class RmapItemDecoder:
     """Decodes ``struct ksm_rmap_item`` bytes for one layout."""
 
     def __init__(self, layout: KsmLayout):
-        r = layout.rmap_item
-        p = layout.pointer_size
-        self.size = r.size
+        self.size = layout.rmap_item.size
         self.page_mask = layout.page_mask
-        self._fields = _FieldDecoder(layout.little_endian, _RMAP_FIELDS, {
-            "rmap_list": (r.rmap_list, p, False),
-            "anon_vma": (r.anon_vma, p, False),
-            "mm": (r.mm, p, False),
-            "raw_address": (r.address, p, False),
-            "oldchecksum": (r.oldchecksum, 4, False),
-            "age": (r.age, 1, False),
-            "remaining_skips": (r.remaining_skips, 1, False),
-            "head": (r.head, p, False),
-            "hlist_next": (r.hlist, p, False),
-            "hlist_pprev": (r.hlist + p, p, False),
-            "nid": (r.nid, 4, True),
-            "offset": (r.offset, r.offset_size or p, False),
-        })
+        self._fields = _FieldDecoder(layout.little_endian, _RMAP_FIELDS, rmap_item_fields(layout))
         assert _RMAP_FIELDS.index("raw_address") == 3
         self._values = self._fields._call  # one call less on the hot path
 
@@ -257,20 +296,8 @@ class StableNodeDecoder:
     """Decodes ``struct ksm_stable_node`` bytes for one layout."""
 
     def __init__(self, layout: KsmLayout):
-        s = layout.stable_node
-        p = layout.pointer_size
-        self.size = s.size
-        self._fields = _FieldDecoder(layout.little_endian, _NODE_FIELDS, {
-            "rb_parent_color": (s.node, p, False),
-            "rb_right": (s.node + p, p, False),
-            "rb_left": (s.node + 2 * p, p, False),
-            "list_next": (s.list, p, False),
-            "list_prev": (s.list + p, p, False),
-            "hlist_first": (s.hlist, p, False),
-            "kpfn": (s.kpfn, p, False),
-            "rmap_hlist_len": (s.rmap_hlist_len, 4, True),
-            "nid": (s.nid, 4, True),
-        })
+        self.size = layout.stable_node.size
+        self._fields = _FieldDecoder(layout.little_endian, _NODE_FIELDS, stable_node_fields(layout))
 
     def __call__(self, address: int, buf: bytes, off: int = 0) -> StableNode:
         return _new(StableNode, (address,) + self._fields(buf, off))

@@ -9,6 +9,7 @@ it with :class:`WalkDamage`, after the good objects were yielded.
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -21,11 +22,10 @@ from ksminspect.decode import (
     StableNodeDecoder,
 )
 from ksminspect.layout import KsmLayout, TreeRootsLayout, get_layout
+from ksminspect.memory import CHUNK, KeptMemory
 
 # No sane KSM structure is longer; a walk beyond it is reading garbage.
 MAX_WALK = 1 << 28
-# Memory is read and kept in chunks of this many bytes (see object_bytes()).
-CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,7 @@ class WalkDamage(Exception):
 class Walker:
     """Reads KSM objects of one program; one per program (see :func:`walker`)."""
 
-    def __init__(self, prog: drgn.Program, layout: Optional[KsmLayout] = None,
-                 chunked: bool = True):
-        """*chunked*: read memory a CHUNK at a time and keep it (the fast
-        path); False reads every object exactly, once per visit."""
+    def __init__(self, prog: drgn.Program, layout: Optional[KsmLayout] = None):
         self.prog = prog
         self.layout = layout or get_layout(prog)
         self.decode_rmap_item = RmapItemDecoder(self.layout)
@@ -90,34 +87,105 @@ class Walker:
         self._word = self.layout.word
         self._unpack_word = struct.Struct(self._word).unpack_from
         self.ptr = self.layout.pointer_size
-        self._chunks: dict[int, bytes] = {}
-        self._chunked = chunked
+        self.memory = KeptMemory(prog.read, self.ptr, self.layout.little_endian)
         # back links the walks found wrong, once each however often walked
         self.bad_links: dict[tuple[str, int, str], BadLink] = {}
 
     # -- raw reading ---------------------------------------------------
 
-    def object_bytes(self, walk: str, owner: int, address: int, size: int) -> tuple[bytes, int]:
+    def object_bytes(self, walk: str, owner: int, address: int, size: int) -> tuple[memoryview, int]:
         """``(buffer, offset)`` holding *size* bytes at *address*, a pointer
-        found in *owner*. Memory is read a CHUNK at a time and kept: KSM's
-        objects sit many to a slab page, so one read serves them all."""
+        found in *owner*, from the session's kept memory where it can."""
         if address % self.ptr:
             raise WalkDamage(Damage(walk, owner, address, "misaligned"))
-        base = address & ~(CHUNK - 1)
-        off = address - base
-        if off + size <= CHUNK and self._chunked:
-            buf = self._chunks.get(base)
-            if buf is not None:
-                return buf, off
-            try:
-                buf = self._chunks[base] = self._read(base, CHUNK)
-                return buf, off
-            except drgn.FaultError:
-                pass  # part of the chunk is not in the dump: read just the object
+        if (address & (CHUNK - 1)) + size <= CHUNK:
+            got = self.memory.chunk(address)
+            if got is not None:
+                return got
         try:
-            return self._read(address, size), 0
+            return memoryview(self._read(address, size)), 0
         except drgn.FaultError:
             raise WalkDamage(Damage(walk, owner, address, "fault")) from None
+
+    def follow(self, walk: str, first: int, owner: int, member: int, next_at: int, size: int,
+               out: "array[int]") -> Optional[Damage]:
+        """The one bounded walk of a NULL-terminated singly linked chain:
+        *first* points at *member* of a container of *size* bytes whose next
+        pointer is at *next_at*. Appends each container's address to *out*
+        and returns the damage that ended the walk early, if any."""
+        stops: array[int] = array("q")
+        damage = self.follow_each(walk, [(first, owner)], member, next_at, size, out, stops)
+        return damage[0][1] if damage else None
+
+    def follow_each(self, walk: str, chains: list[tuple[int, int]], member: int, next_at: int,
+                    size: int, out: "array[int]", stops: "array[int]") -> list[tuple[int, Damage]]:
+        """:meth:`follow` for each ``(first, owner)`` of *chains* in one loop:
+        appends each chain's containers to *out* and where it ends to
+        *stops*; returns ``(chain index, damage)`` for the chains cut short.
+        Cycles are found with Brent's method, in constant memory."""
+        kept = self.memory.word_chunks  # chunk base -> (words, index of its first word)
+        load = self.memory.words
+        unpack = self._unpack_word
+        amask = self.ptr - 1
+        shift = 3 if self.ptr == 8 else 2
+        cmask = ~(CHUNK - 1)
+        append = out.append
+        damaged: list[tuple[int, Damage]] = []
+        lo, hi, words, wbase = 1, 0, None, 0  # containers lo..hi lie whole in the chunk at lo
+        for index, (first, owner) in enumerate(chains):
+            start = len(out)
+            saved, power, steps = -1, 1, 0
+            prev, pos = owner, first
+            damage = None
+            while pos:
+                c = pos - member
+                if c & amask:
+                    damage = Damage(walk, prev, c, "misaligned")
+                    break
+                if lo <= c <= hi:
+                    nxt = words[wbase + ((c - lo + next_at) >> shift)]
+                else:
+                    base = c & cmask
+                    got = kept.get(base) or (load(c) if c - base + size <= CHUNK else None)
+                    if got is not None:
+                        words, wbase = got
+                        lo, hi = base, base + CHUNK - size
+                        nxt = words[wbase + ((c - lo + next_at) >> shift)]
+                    else:  # not whole in one readable chunk: read the object alone
+                        lo, hi = 1, 0
+                        try:
+                            nxt = unpack(self._read(c, size), next_at)[0]
+                        except drgn.FaultError:
+                            damage = Damage(walk, prev, c, "fault")
+                            break
+                append(c)
+                steps += 1
+                if steps == power:
+                    saved, power = c, power * 2
+                    if power > MAX_WALK:
+                        damage = Damage(walk, c, nxt, "limit")
+                        break
+                prev, pos = c, nxt
+                if pos - member == saved:
+                    damage = self._cycle(walk, out, start, first, member, pos)
+                    break
+            stops.append(len(out))
+            if damage:
+                damaged.append((index, damage))
+        return damaged
+
+    @staticmethod
+    def _cycle(walk: str, out: "array[int]", start: int, first: int, member: int,
+               last: int) -> Damage:
+        """Brent's method saw a cycle: name the container whose pointer closes
+        it, from the containers walked (*last*: the pointer after them)."""
+        seen = {first}
+        for i in range(start, len(out)):
+            nxt = out[i + 1] + member if i + 1 < len(out) else last
+            if nxt in seen:
+                return Damage(walk, out[i], nxt, "cycle")
+            seen.add(nxt)
+        return Damage(walk, out[-1], last, "cycle")
 
     def _bad_link(self, bad: BadLink) -> None:
         self.bad_links.setdefault(bad.key, bad)
@@ -156,49 +224,20 @@ class Walker:
 
     # -- rmap_list -----------------------------------------------------
 
+    def rmap_list(self, first: int, owner: int, out: "array[int]") -> Optional[Damage]:
+        """Appends the addresses of one mm's rmap_items to *out*, following
+        ``rmap_list`` from *first*; returns the damage that cut it short."""
+        return self.follow("rmap_list", first, owner, 0, self.layout.rmap_item.rmap_list,
+                           self.decode_rmap_item.size, out)
+
     def for_each_rmap_item(self, first: int, owner: int = 0) -> Iterator[RmapItem]:
-        """The rmap_items of one mm, following ``rmap_list`` from *first*.
-
-        Cycles are found with Brent's method, in constant memory.
-        """
-        size = self.decode_rmap_item.size
-        decode = self.decode_rmap_item
-        object_bytes = self.object_bytes
-        saved, power, steps = 0, 1, 0
-        prev = owner
-        pos = first
-        base, buf, limit = -1, b"", CHUNK - size  # the chunk of the last item
-        ptr = self.ptr
-        while pos:
-            off = pos - base
-            if not 0 <= off <= limit or pos % ptr:
-                buf, off = object_bytes("rmap_list", prev, pos, size)
-                base = pos - off if len(buf) == CHUNK and self._chunked else -1
-            item = decode(pos, buf, off)
-            yield item
-            steps += 1
-            if steps == power:
-                saved, power = pos, power * 2
-                if power > MAX_WALK:
-                    raise WalkDamage(Damage("rmap_list", pos, item.rmap_list, "limit"))
-            prev, pos = pos, item.rmap_list
-            if pos == saved:
-                owner, pointer = self._cycle_link(first, lambda a: self.rmap_item(a).rmap_list)
-                raise WalkDamage(Damage("rmap_list", owner, pointer, "cycle"))
-
-    @staticmethod
-    def _cycle_link(first: int, next_of, owner_of=lambda a: a) -> tuple[int, int]:
-        """Brent's method saw a cycle: walk again, remembering, to name the
-        object whose pointer closes it. Returns (that object, the pointer)."""
-        seen = set()
-        pos = first
-        while pos not in seen:
-            seen.add(pos)
-            nxt = next_of(pos)
-            if nxt in seen:
-                return owner_of(pos), nxt
-            pos = nxt
-        return owner_of(pos), pos
+        """The rmap_items of one mm, following ``rmap_list`` from *first*."""
+        addresses: array[int] = array("Q")
+        damage = self.rmap_list(first, owner, addresses)
+        for address in addresses:
+            yield self.rmap_item(address)
+        if damage:
+            raise WalkDamage(damage)
 
     def rmap_item(self, address: int) -> RmapItem:
         buf, off = self.object_bytes("rmap_item", address, address, self.decode_rmap_item.size)
@@ -277,68 +316,47 @@ class Walker:
         buf, off = self.object_bytes("stable_node", address, address, self.decode_stable_node.size)
         return self.decode_stable_node(address, buf, off)
 
-    def _hlist(self, walk: str, owner: int, head: int, member: int) -> Iterator[int]:
-        """Containers on the hlist whose ``struct hlist_head`` is at *head* (in
-        *owner*), its nodes at *member* in each container."""
-        seen: set[int] = set()
-        pos = self.read_word(walk, owner, head)
-        prev, link = owner, head  # link: where the pointer to pos was read
-        while pos:
-            if pos in seen or len(seen) > MAX_WALK:
-                raise WalkDamage(Damage(walk, prev, pos, "cycle"))
-            seen.add(pos)
-            nxt = self.read_word(walk, prev, pos)
-            pprev = self.read_word(walk, pos - member, pos + self.ptr)
-            if pprev != link:
-                self._bad_link(BadLink(walk, pos - member, "hlist_node.pprev", pprev, link))
-            yield pos - member
-            prev, link, pos = pos - member, pos, nxt
-
     def for_each_stable_node_dup(self, chain: StableNode) -> Iterator[StableNode]:
-        """The dups of a chain (``hlist_for_each_entry(dup, &chain->hlist, hlist_dup)``)."""
-        off = self.layout.stable_node.hlist_dup
-        if off is None:
+        """The dups of a chain (``hlist_for_each_entry(dup, &chain->hlist, hlist_dup)``),
+        each ``hlist_dup.pprev`` checked."""
+        member = self.layout.stable_node.hlist_dup
+        if member is None:
             return
-        for dup in self._hlist("chain", chain.address, chain.address + self.layout.stable_node.hlist,
-                               off):
-            yield self.stable_node(dup)
+        addresses: array[int] = array("Q")
+        damage = self.follow("chain", chain.hlist_first, chain.address, member, member,
+                             self.decode_stable_node.size, addresses)
+        link = chain.address + self.layout.stable_node.hlist
+        for address in addresses:
+            pprev = self.read_word("chain", address, address + member + self.ptr)
+            if pprev != link:
+                self._bad_link(BadLink("chain", address, "hlist_node.pprev", pprev, link))
+            link = address + member
+            yield self.stable_node(address)
+        if damage:
+            raise WalkDamage(damage)
 
-    def for_each_stable_node_rmap_item(self, node: StableNode,
-                                       known: Optional[dict[int, RmapItem]] = None
-                                       ) -> Iterator[RmapItem]:
-        """The rmap_items of a stable node (``hlist_for_each_entry(item, &node->hlist, hlist)``).
-
-        Each item is read once, its ``hlist.next`` leading on; items already
-        decoded (*known*: address -> item, e.g. from the rmap_list walk) are
-        not decoded again. Cycles are found with Brent's method."""
-        known = known or {}
-        decode = self.decode_rmap_item
-        size = decode.size
+    def stable_node_hlist(self, node: StableNode, out: "array[int]") -> Optional[Damage]:
+        """Appends the addresses of a stable node's rmap_items to *out*
+        (``hlist_for_each_entry(item, &node->hlist, hlist)``); returns the
+        damage that cut the walk short. Back links are not looked at."""
         member = self.layout.rmap_item.hlist
-        saved, power, steps = 0, 1, 0
-        prev, pos = node.address, node.hlist_first
-        link = node.address + self.layout.stable_node.hlist  # where the pointer to pos was read
-        while pos:
-            item = known.get(pos - member)
-            if item is None:
-                buf, off = self.object_bytes("stable_node_hlist", prev, pos - member, size)
-                item = decode(pos - member, buf, off)
+        return self.follow("stable_node_hlist", node.hlist_first, node.address, member, member,
+                           self.decode_rmap_item.size, out)
+
+    def for_each_stable_node_rmap_item(self, node: StableNode) -> Iterator[RmapItem]:
+        """The rmap_items of a stable node, each ``hlist.pprev`` checked."""
+        addresses: array[int] = array("Q")
+        damage = self.stable_node_hlist(node, addresses)
+        link = node.address + self.layout.stable_node.hlist  # where the pointer to it was read
+        for address in addresses:
+            item = self.rmap_item(address)
             if item.hlist_pprev != link:
-                self._bad_link(BadLink("stable_node_hlist", item.address, "hlist_node.pprev",
+                self._bad_link(BadLink("stable_node_hlist", address, "hlist_node.pprev",
                                        item.hlist_pprev, link))
-            link = pos
+            link = address + self.layout.rmap_item.hlist
             yield item
-            steps += 1
-            if steps == power:
-                saved, power = pos, power * 2
-                if power > MAX_WALK:
-                    raise WalkDamage(Damage("stable_node_hlist", item.address, item.hlist_next, "limit"))
-            prev, pos = item.address, item.hlist_next
-            if pos == saved:
-                owner, pointer = self._cycle_link(
-                    node.hlist_first, lambda a: self.rmap_item(a - member).hlist_next,
-                    lambda a: a - member)
-                raise WalkDamage(Damage("stable_node_hlist", owner, pointer, "cycle"))
+        if damage:
+            raise WalkDamage(damage)
 
     def for_each_migrate_node(self) -> Iterator[StableNode]:
         """The stable nodes on ``migrate_nodes`` (v3.9)."""

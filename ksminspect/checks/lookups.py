@@ -1,0 +1,159 @@
+"""Kernel lookups the rules share, each made once per run: an mm's VMAs, an
+address's slab object, a page's ``mapping``, an mm's flags.
+
+A lookup that a drgn helper cannot make on this kernel answers None and
+says why in :attr:`Lookups.why`; the rule that asked reports it as "cannot
+tell", never as a finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import drgn
+import numpy as np
+
+from ksminspect.errors import HELPER_LIMITS
+from ksminspect.walk import Walker, WalkDamage
+
+
+@dataclass(frozen=True)
+class Vmas:
+    """An mm's VMAs in address order, as columns."""
+
+    start: np.ndarray
+    end: np.ndarray
+    pgoff: np.ndarray
+    mergeable: np.ndarray  # KSM may merge in it: VM_MERGEABLE, or the mm merges any
+
+    def at(self, addresses: np.ndarray) -> np.ndarray:
+        """Index of the VMA holding each address, -1 where none does."""
+        i = np.searchsorted(self.start, addresses, side="right") - 1
+        hit = (i >= 0) & (addresses < self.end[np.maximum(i, 0)]) if len(self.start) else \
+            np.zeros(len(addresses), bool)
+        return np.where(hit, i, -1)
+
+
+# anon_vma_state() answers: None (a live anon_vma), a sentence saying why
+# not, or NO_ANSWER where slab objects cannot be looked up on this target.
+NO_ANSWER = object()
+AnonVmaState = Union[None, str, object]
+
+
+class Lookups:
+    def __init__(self, prog: drgn.Program, w: Walker):
+        self.prog = prog
+        self.w = w
+        self.layout = w.layout
+        self._vmas: dict[int, Optional[Vmas]] = {}
+        self._anon_vma: dict[int, AnonVmaState] = {}
+        self.why: dict[str, str] = {}  # "vmas", "slab", "pfn_to_page" -> why it cannot be looked up
+
+    # -- VMAs ------------------------------------------------------------
+
+    def vmas(self, mm: int) -> Optional[Vmas]:
+        """The VMAs of *mm*; None where they cannot be read whole (why in
+        ``why["vmas"]``)."""
+        if mm not in self._vmas:
+            self._vmas[mm] = self._read_vmas(mm)
+        return self._vmas[mm]
+
+    def _read_vmas(self, mm: int) -> Optional[Vmas]:
+        from drgn.helpers.linux.mm import for_each_vma
+
+        rows = []
+        try:
+            for vma in for_each_vma(drgn.Object(self.prog, "struct mm_struct *", mm)):
+                rows.append((vma.vm_start.value_(), vma.vm_end.value_(), vma.vm_pgoff.value_(),
+                             _vm_flags(vma)))
+        except (drgn.FaultError, ValueError) as e:
+            self.why.setdefault("vmas", f"the VMAs of mm {mm:#x} cannot be read ({e})")
+            return None
+        except HELPER_LIMITS as e:
+            self.why.setdefault("vmas", f"drgn's for_each_vma() cannot run on this kernel ({e})")
+            return None
+        rows.sort()
+        any_ = self.merges_any(mm)
+        cols = np.array(rows, np.uint64).reshape(len(rows), 4)
+        return Vmas(cols[:, 0], cols[:, 1], cols[:, 2],
+                    ((cols[:, 3] & np.uint64(self.layout.vm_mergeable)) != 0) | any_)
+
+    def merges_any(self, mm: int) -> bool:
+        """The mm merges every VMA (MMF_VM_MERGE_ANY, v6.4)."""
+        bit = self.layout.mmf_vm_merge_any
+        if bit is None:
+            return False
+        try:
+            flags = self.w.read_word("mm_struct", mm, mm + self.layout.mm_struct.flags)
+        except WalkDamage:
+            return False
+        return bool(flags >> bit & 1)
+
+    # -- slab objects ------------------------------------------------------
+
+    def anon_vma_state(self, address: int) -> AnonVmaState:
+        """None if *address* is a live anon_vma, else why not (a sentence),
+        or NO_ANSWER where slab objects cannot be looked up (``why["slab"]``)."""
+        if address not in self._anon_vma:
+            self._anon_vma[address] = self._anon_vma_state(address)
+        return self._anon_vma[address]
+
+    def _anon_vma_state(self, address: int) -> AnonVmaState:
+        from drgn.helpers.linux.slab import slab_object_info
+
+        try:
+            info = slab_object_info(self.prog, address)
+        except (drgn.FaultError, ValueError):
+            info = None
+        except HELPER_LIMITS as e:
+            self.why.setdefault("slab", f"drgn's slab_object_info() cannot run on this kernel ({e})")
+            return NO_ANSWER
+        if info is None:
+            return "is not in a slab object"
+        if info.address != address:
+            return "points into the middle of a slab object"
+        name = info.slab_cache.name.string_().decode(errors="replace")
+        if not info.allocated:
+            return f"is a free object of slab cache {name}"
+        if name != "anon_vma":
+            return f"is an object of slab cache {name}, not anon_vma"
+        try:
+            refcount = drgn.Object(self.prog, "struct anon_vma *", address).refcount.counter.value_()
+        except (drgn.FaultError, LookupError):
+            refcount = 1
+        return None if refcount > 0 else "is an anon_vma whose refcount is 0"
+
+    # -- struct page ---------------------------------------------------------
+
+    def page_mappings(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(pfn_to_page(pfn)->mapping, readable)`` for each pfn, read from
+        the vmemmap array where it is linear (SPARSEMEM_VMEMMAP), else by
+        drgn's pfn_to_page(). Raises what pfn_to_page() raises where it
+        cannot run on this kernel (HELPER_LIMITS)."""
+        from drgn.helpers.linux.mm import pfn_to_page
+
+        page_type = self.prog.type("struct page")
+        size = page_type.size
+        off = drgn.offsetof(page_type, "mapping")
+        base = pfn_to_page(self.prog, 0).value_()
+        linear = pfn_to_page(self.prog, 1 << 20).value_() == base + (size << 20)
+        mapping = np.zeros(len(pfns), np.uint64)
+        readable = np.zeros(len(pfns), bool)
+        for i, pfn in enumerate(pfns.tolist()):
+            try:
+                if linear:
+                    mapping[i] = self.w.read_word("struct page", 0, base + pfn * size + off)
+                else:
+                    mapping[i] = pfn_to_page(self.prog, pfn).mapping.value_()
+                readable[i] = True
+            except (drgn.FaultError, OverflowError, ValueError, WalkDamage):
+                pass
+        return mapping, readable
+
+
+def _vm_flags(vma: drgn.Object) -> int:
+    flags = vma.vm_flags
+    if flags.type_.unaliased().kind == drgn.TypeKind.STRUCT:  # vma_flags_t bitmap (v7.x)
+        return int.from_bytes(flags.to_bytes_()[:8], "little")
+    return flags.value_()

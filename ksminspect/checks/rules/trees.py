@@ -1,0 +1,150 @@
+"""Rules about the stable trees (nodes, chains, dups, migrate_nodes) and the
+unstable trees."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ksminspect.checks.engine import Context, RuleOut, Severity, rule
+from ksminspect.collect import DUP, MIGRATE, STABLE, TREE, UNSTABLE
+from ksminspect.decode import ItemState
+from ksminspect.errors import HELPER_LIMITS
+from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
+
+_STATE_WORDS = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
+
+
+@rule("stable-membership", "a stable node's items have STABLE_FLAG and head pointing back; every "
+      "STABLE_FLAG item is on a node", "stable_trees")
+def stable_membership(ctx: Context, out: RuleOut) -> None:
+    c, nodes = ctx.c, ctx.c.nodes
+    if ctx.layout.migrate_nodes is not None:
+        for i in np.nonzero((nodes.kind == MIGRATE)
+                            & (nodes.rows["rb_parent_color"] != np.uint64(ctx.layout.migrate_nodes)))[0]:
+            out.add(Severity.ERROR, int(nodes.address[i]),
+                    f"stable node {int(nodes.address[i]):#x} is on migrate_nodes but its head is "
+                    f"{int(nodes.rows['rb_parent_color'][i]):#x}, not &migrate_nodes")
+    if ctx.by_nid and "nid" in nodes.rows.dtype.names:
+        # A page's node is in the tree of the page's NUMA node (a chain's own
+        # nid is never set: alloc_stable_node_chain() leaves it).
+        placed = ((nodes.kind == TREE) | (nodes.kind == DUP)) & nodes.holds_page
+        for i in np.nonzero(placed & (nodes.rows["nid"] != nodes.nid))[0]:
+            out.add(Severity.ERROR, int(nodes.address[i]),
+                    f"stable node {int(nodes.address[i]):#x} has nid {int(nodes.rows['nid'][i])} but "
+                    f"hangs in root_stable_tree[{int(nodes.nid[i])}]")
+    rows, on = nodes.hlist_rows, nodes.hlist_node
+    state, head = c.state[rows], c.items["head"][rows]
+    for k in np.nonzero((state != STABLE) | (head != nodes.address[on]))[0]:
+        row, node = int(rows[k]), int(nodes.address[on[k]])
+        if state[k] != STABLE:
+            out.add(Severity.ERROR, int(c.item_address[row]),
+                    f"rmap_item {int(c.item_address[row]):#x} is on the hlist of stable node "
+                    f"{node:#x} but is {_STATE_WORDS[state[k]]}, not stable", row)
+        else:
+            out.add(Severity.ERROR, int(c.item_address[row]),
+                    f"rmap_item {int(c.item_address[row]):#x} is on the hlist of stable node "
+                    f"{node:#x} but its head is {int(head[k]):#x}", row)
+    unlisted = rows >= c.walked
+    if c.cut_mms and np.any(unlisted):
+        unlisted &= ~np.isin(c.items["mm"][rows], np.array(sorted(c.cut_mms), np.uint64))
+    for k in np.nonzero(unlisted)[0]:
+        row = int(rows[k])
+        out.add(Severity.ERROR, int(c.item_address[row]),
+                f"rmap_item {int(c.item_address[row]):#x} of stable node {int(nodes.address[on[k]]):#x} "
+                f"is on no mm's rmap_list", row)
+    listed = np.zeros(len(c.item_address), bool)
+    listed[rows] = True
+    seen: set[int] = set()
+    for row in np.nonzero((c.state[:c.walked] == STABLE) & ~listed[:c.walked])[0]:
+        address = int(c.item_address[row])
+        if address not in seen:
+            seen.add(address)
+            out.add(Severity.ERROR, address,
+                    f"rmap_item {address:#x} has STABLE_FLAG but is on the hlist of no stable node "
+                    f"(its head is {int(c.items['head'][row]):#x})", row)
+
+
+@rule("hlist-len", "rmap_hlist_len equals the length of a stable node's hlist", "stable_trees")
+def hlist_len(ctx: Context, out: RuleOut) -> None:
+    nodes = ctx.c.nodes
+    if "rmap_hlist_len" not in nodes.rows.dtype.names:
+        return
+    said = nodes.rows["rmap_hlist_len"]
+    for i in np.nonzero(nodes.holds_page & (said != nodes.hlist_len))[0]:
+        out.add(Severity.ERROR, int(nodes.address[i]),
+                f"stable node {int(nodes.address[i]):#x} has rmap_hlist_len {int(said[i])} but "
+                f"{int(nodes.hlist_len[i])} rmap_items on its hlist")
+
+
+@rule("chain", "a chain holds dups only, each with head == STABLE_NODE_DUP_HEAD and at most "
+      "max_page_sharing sharers", "stable_trees")
+def chain(ctx: Context, out: RuleOut) -> None:
+    nodes = ctx.c.nodes
+    dup_head = ctx.layout.stable_node_dup_head
+    limit = ctx.max_page_sharing
+    for i in np.nonzero(nodes.kind == DUP)[0]:
+        dup, chain_ = int(nodes.address[i]), int(nodes.chain[i])
+        if nodes.is_chain[i]:
+            out.add(Severity.ERROR, dup, f"chain {chain_:#x} holds {dup:#x}, itself a chain")
+            continue
+        head = int(nodes.rows["rb_parent_color"][i])
+        if head != dup_head:
+            out.add(Severity.ERROR, dup, f"dup {dup:#x} of chain {chain_:#x} has head {head:#x}, "
+                                         f"not STABLE_NODE_DUP_HEAD {dup_head:#x}")
+        n = int(nodes.hlist_len[i])
+        if limit and n > limit:
+            out.add(Severity.WARNING, dup, f"dup {dup:#x} of chain {chain_:#x} has {n} sharers, above "
+                                           f"max_page_sharing {limit}")
+
+
+@rule("kpfn", "the page at a stable node's kpfn is a KSM page whose mapping points back at the node",
+      "stable_trees")
+def kpfn(ctx: Context, out: RuleOut) -> None:
+    nodes = ctx.c.nodes
+    which = np.nonzero(nodes.holds_page)[0]
+    pfns = nodes.rows["kpfn"][which]
+    try:
+        mapping, readable = ctx.look.page_mappings(pfns)
+    except HELPER_LIMITS as e:
+        out.cannot_tell(f"drgn's pfn_to_page() cannot run on this kernel ({e})")
+        return
+    expected = nodes.address[which] | np.uint64(PAGE_MAPPING_KSM)
+    for k in np.nonzero(~readable | (mapping != expected))[0]:
+        node, pfn, got = int(nodes.address[which[k]]), int(pfns[k]), int(mapping[k])
+        if not readable[k]:
+            out.add(Severity.ERROR, node, f"stable node {node:#x} has kpfn {pfn:#x}, which has no readable "
+                                          f"struct page")
+            continue
+        # a KSM page freed while its node waits to be pruned is normal
+        sev = Severity.INFO if got & PAGE_MAPPING_FLAGS != PAGE_MAPPING_KSM else Severity.ERROR
+        out.add(sev, node, f"stable node {node:#x}: the page at kpfn {pfn:#x} has mapping "
+                           f"{got:#x}, not this node | PAGE_MAPPING_KSM"
+                           + (" (stale node: the KSM page is gone; ksmd prunes it at its next lookup)"
+                              if sev == Severity.INFO else ""))
+
+
+@rule("unstable-tree", "unstable tree nodes have UNSTABLE_FLAG and the trees' seqnr; every such item "
+      "is in a tree", "unstable_trees")
+def unstable_tree(ctx: Context, out: RuleOut) -> None:
+    c, cur = ctx.c, ctx.tree_seqnr
+    rows, tree_nid = c.unstable
+    state, seqnr = c.state[rows], c.seqnr[rows]
+    item_nid = c.items["nid"][rows] if "nid" in c.items.dtype.names else None
+    wrong = (state != UNSTABLE) | (seqnr != cur)
+    misplaced = ~wrong & (item_nid != tree_nid) if ctx.by_nid and item_nid is not None else wrong & False
+    for k in np.nonzero(wrong | misplaced)[0]:
+        row = int(rows[k])
+        address = int(c.item_address[row])
+        if wrong[k]:
+            out.add(Severity.ERROR, address,
+                    f"rmap_item {address:#x} is a node of root_unstable_tree[{int(tree_nid[k])}] "
+                    f"but is {_STATE_WORDS[state[k]]} with seqnr {int(seqnr[k])} (the trees': {cur})", row)
+        else:
+            out.add(Severity.ERROR, address,
+                    f"rmap_item {address:#x} has nid {int(item_nid[k])} but is in "
+                    f"root_unstable_tree[{int(tree_nid[k])}]", row)
+    current = np.nonzero((c.state[:c.walked] == UNSTABLE) & (c.seqnr[:c.walked] == cur))[0]
+    for row in current[~np.isin(c.item_address[current], c.item_address[rows])]:
+        out.add(Severity.ERROR, int(c.item_address[row]),
+                f"rmap_item {int(c.item_address[row]):#x} has UNSTABLE_FLAG with the unstable trees' "
+                f"seqnr {cur} but is in no unstable tree", int(row))

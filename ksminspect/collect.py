@@ -1,0 +1,336 @@
+"""One collection pass over KSM: what the walks reach, as columns.
+
+The walks follow pointers one word at a time through the session's kept
+memory; the objects they reach are then gathered at once into numpy
+structured arrays (one row per object, one column per member, overlapping
+where the kernel's unions do). Checks and counts work on those columns, so
+a million rmap_items cost no million Python records.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ksminspect.decode import (RmapItem, StableNode, record_dtype, rmap_item_fields,
+                               stable_node_fields)
+from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN
+from ksminspect.walk import BadLink, Damage, Walker, WalkDamage
+
+# Where a stable node was met (Collection.node_kind).
+TREE, CHAIN, DUP, MIGRATE = 0, 1, 2, 3
+# An rmap_item's flag bits, (raw_address >> 8) & 3 (Collection.state).
+NONE, UNSTABLE, STABLE, BOTH = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class MmRun:
+    """One mm's rmap_list: rows ``start:stop`` of the item columns."""
+
+    slot: int  # struct ksm_mm_slot *
+    mm: int
+    start: int
+    stop: int
+    cut: Optional[Damage]  # why the walk of this rmap_list stopped early
+
+
+class Collection:
+    """The rmap_lists, stable trees (with chains, dups and migrate_nodes) and
+    unstable trees of one program, each collected on first use.
+
+    Item rows ``0:walked`` are the rmap_lists' items in walk order; rows
+    after them are items reached only from a stable node or an unstable tree.
+    """
+
+    def __init__(self, w: Walker):
+        self.w = w
+        self.layout = w.layout
+        self.item_dtype = record_dtype(self.layout, rmap_item_fields(self.layout),
+                                       self.layout.rmap_item.size)
+        self.node_dtype = record_dtype(self.layout, stable_node_fields(self.layout),
+                                       self.layout.stable_node.size)
+        # walk damage met by the tree walks, in walk order
+        self.tree_damage: list[Damage] = []
+        self._extra: array[int] = array("Q")  # items found beyond the rmap_lists
+        self._extra_rows: dict[int, int] = {}
+
+    # -- rmap_lists ----------------------------------------------------
+
+    @cached_property
+    def _rmap_lists(self) -> tuple[list[MmRun], Optional[Damage], np.ndarray, np.ndarray]:
+        w = self.w
+        addresses: array[int] = array("Q")
+        runs: list[MmRun] = []
+        head_damage = None
+        try:
+            for slot in w.for_each_mm_slot():
+                mm, first = w.mm_slot(slot)
+                start = len(addresses)
+                cut = w.rmap_list(first, slot, addresses)
+                runs.append(MmRun(slot, mm, start, len(addresses), cut))
+        except WalkDamage as e:
+            head_damage = e.damage
+        address = np.frombuffer(addresses, np.uint64) if addresses else np.zeros(0, np.uint64)
+        return runs, head_damage, address, w.memory.gather(address, self.item_dtype)
+
+    @property
+    def runs(self) -> list[MmRun]:
+        """Each mm slot on ksm_mm_head with its rmap_list's rows."""
+        return self._rmap_lists[0]
+
+    @property
+    def mm_head_damage(self) -> Optional[Damage]:
+        return self._rmap_lists[1]
+
+    @property
+    def walked(self) -> int:
+        """How many items the rmap_lists hold (rows 0:walked)."""
+        return len(self._rmap_lists[2])
+
+    @property
+    def rmap_list_damage(self) -> list[Damage]:
+        """Every damage met on ksm_mm_head and the rmap_lists, as walked."""
+        out = [r.cut for r in self.runs if r.cut]
+        return out + ([self.mm_head_damage] if self.mm_head_damage else [])
+
+    @cached_property
+    def cut_mms(self) -> frozenset[int]:
+        """mms whose rmap_list walk was cut short: what follows was not seen."""
+        return frozenset(r.mm for r in self.runs if r.cut)
+
+    @property
+    def item_address(self) -> np.ndarray:
+        """The address of each item row."""
+        return self._items_all[0]
+
+    @property
+    def items(self) -> np.ndarray:
+        """The item rows: a structured array of ``struct ksm_rmap_item``."""
+        return self._items_all[1]
+
+    @cached_property
+    def _items_all(self) -> tuple[np.ndarray, np.ndarray]:
+        _, _, address, items = self._rmap_lists
+        if self._extra:
+            extra = np.frombuffer(self._extra, np.uint64).copy()
+            address = np.concatenate([address, extra])
+            items = np.concatenate([items, self.w.memory.gather(extra, self.item_dtype)])
+        return address, items
+
+    def _rows_of(self, addresses: np.ndarray) -> np.ndarray:
+        """Item rows of *addresses*; an item the rmap_lists did not reach
+        becomes a row of its own (call before reading :attr:`items`)."""
+        assert "_items_all" not in self.__dict__, "items were read before every walk ran"
+        walked = self._rmap_lists[2]
+        order = self._walked_order
+        pos = np.searchsorted(walked[order], addresses) if len(walked) else np.zeros(len(addresses), int)
+        pos[pos >= len(walked)] = 0
+        rows = order[pos] if len(walked) else np.zeros(len(addresses), np.int64)
+        found = walked[rows] == addresses if len(walked) else np.zeros(len(addresses), bool)
+        rows = rows.astype(np.int64)
+        for i in np.nonzero(~found)[0]:
+            a = int(addresses[i])
+            row = self._extra_rows.get(a)
+            if row is None:
+                row = self._extra_rows[a] = len(walked) + len(self._extra)
+                self._extra.append(a)
+            rows[i] = row
+        return rows
+
+    @cached_property
+    def _walked_order(self) -> np.ndarray:
+        return np.argsort(self._rmap_lists[2], kind="stable")
+
+    @cached_property
+    def run_of(self) -> np.ndarray:
+        """For each walked row, the index of its run in :attr:`runs`."""
+        out = np.zeros(self.walked, np.int32)
+        for i, r in enumerate(self.runs):
+            out[r.start:r.stop] = i
+        return out
+
+    @cached_property
+    def state(self) -> np.ndarray:
+        """Each item row's flag bits: NONE, UNSTABLE, STABLE or BOTH."""
+        return ((self.items["raw_address"] >> 8) & 3).astype(np.uint8)
+
+    @cached_property
+    def page_address(self) -> np.ndarray:
+        return self.items["raw_address"] & np.uint64(self.layout.page_mask)
+
+    @cached_property
+    def seqnr(self) -> np.ndarray:
+        return (self.items["raw_address"] & SEQNR_MASK).astype(np.int64)
+
+    def item(self, row: int) -> RmapItem:
+        """One row as a decoded record, for a finding's words."""
+        return self.w.decode_rmap_item(int(self.item_address[row]), self.items[row:row + 1].tobytes(), 0)
+
+    # -- stable trees ----------------------------------------------------
+
+    @cached_property
+    def _stable(self) -> "_StableTrees":
+        return _StableTrees(self)
+
+    @property
+    def nodes(self) -> "_StableTrees":
+        """Every stable node met, with the rows of the items on its hlist."""
+        return self._stable
+
+    # -- unstable trees --------------------------------------------------
+
+    @cached_property
+    def unstable(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(item rows, nid of the tree)`` of every unstable tree node, in
+        tree order."""
+        w = self.w
+        addresses: array[int] = array("Q")
+        nids: array[int] = array("l")
+        member = self.layout.rmap_item.node
+        size = self.layout.rmap_item.size
+        for nid, root in w.unstable_tree_roots():
+            try:
+                for item, _, _ in w.rbtree_inorder("unstable_tree", root, member, size):
+                    addresses.append(item)
+                    nids.append(nid)
+            except WalkDamage as e:
+                self.tree_damage.append(e.damage)
+        return (self._rows_of(np.array(addresses, np.uint64)), np.array(nids, np.int64))
+
+
+class _StableTrees:
+    """The stable nodes as columns: ``address``, ``rows`` (structured),
+    ``kind`` (TREE, CHAIN, DUP, MIGRATE), ``nid`` (tree; -1 on
+    migrate_nodes), ``chain`` (a dup's chain, else 0); and each page node's
+    hlist as ``hlist_start``/``hlist_stop`` into ``hlist_rows``."""
+
+    def __init__(self, c: Collection):
+        w, lay = c.w, c.layout
+        tree: list[tuple[int, int, int]] = []  # (node, nid, hlist_first), in tree order
+        for nid, root in w.stable_tree_roots():
+            try:
+                for node in w.for_each_stable_node(root):
+                    tree.append((node.address, nid, node.hlist_first))
+            except WalkDamage as e:
+                c.tree_damage.append(e.damage)
+        rows = w.memory.gather(np.array([t[0] for t in tree], np.uint64), c.node_dtype)
+        chains = np.nonzero(rows["rmap_hlist_len"] == STABLE_NODE_CHAIN)[0] \
+            if "rmap_hlist_len" in rows.dtype.names else np.zeros(0, np.int64)
+        # each chain's dups: hlist_for_each_entry(dup, &chain->hlist, hlist_dup)
+        dups: array[int] = array("Q")
+        dup_stops: array[int] = array("q")
+        member = lay.stable_node.hlist_dup or 0
+        for _, damage in w.follow_each("chain", [(tree[i][2], tree[i][0]) for i in chains], member,
+                                       member, c.node_dtype.itemsize, dups, dup_stops):
+            c.tree_damage.append(damage)
+        per_chain = np.diff(np.concatenate([[0], np.array(dup_stops, np.int64)]))
+        migrate: array[int] = array("Q")
+        try:
+            for node in w.for_each_migrate_node():
+                migrate.append(node.address)
+        except WalkDamage as e:
+            c.tree_damage.append(e.damage)
+        self.address = np.concatenate([np.array([t[0] for t in tree], np.uint64),
+                                       np.array(dups, np.uint64), np.array(migrate, np.uint64)])
+        n_tree, n_dup = len(tree), len(dups)
+        self.kind = np.full(len(self.address), TREE, np.int8)
+        self.kind[chains] = CHAIN
+        self.kind[n_tree:n_tree + n_dup] = DUP
+        self.kind[n_tree + n_dup:] = MIGRATE
+        self.nid = np.concatenate([np.array([t[1] for t in tree], np.int64),
+                                   np.repeat(np.array([tree[i][1] for i in chains], np.int64), per_chain),
+                                   np.full(len(migrate), -1, np.int64)])
+        self.chain = np.zeros(len(self.address), np.uint64)
+        self.chain[n_tree:n_tree + n_dup] = np.repeat(self.address[chains], per_chain)
+        self.rows = w.memory.gather(self.address, c.node_dtype)
+        self._layout = lay
+        self._decode = w.decode_stable_node
+        self._dup_pprev_links(c, np.array(dups, np.uint64), per_chain, chains)
+        # each page node's rmap_items: hlist_for_each_entry(item, &node->hlist, hlist)
+        holds = np.nonzero(self.holds_page)[0]
+        items: array[int] = array("Q")
+        stops: array[int] = array("q")
+        member = lay.rmap_item.hlist
+        firsts = self.rows["hlist_first"][holds].tolist()
+        for _, damage in w.follow_each("stable_node_hlist", list(zip(firsts, self.address[holds].tolist())),
+                                       member, member, lay.rmap_item.size, items, stops):
+            c.tree_damage.append(damage)
+        self.hlist_len = np.zeros(len(self.address), np.int64)
+        self.hlist_len[holds] = np.diff(np.concatenate([[0], np.array(stops, np.int64)]))
+        self.hlist_stop = np.cumsum(self.hlist_len)
+        self.hlist_start = self.hlist_stop - self.hlist_len
+        self.hlist_address = np.array(items, np.uint64)
+        self.hlist_rows = c._rows_of(self.hlist_address)
+        # which node each hlist entry is on
+        self.hlist_node = np.repeat(np.arange(len(self.address)), self.hlist_len)
+
+    def _dup_pprev_links(self, c: Collection, dups: np.ndarray, per_chain: np.ndarray,
+                         chains: np.ndarray) -> None:
+        """Each dup's hlist_dup.pprev points where the walk came from."""
+        lay = c.layout
+        if not len(dups):
+            return
+        member, ptr = lay.stable_node.hlist_dup, lay.pointer_size
+        order = "<" if lay.little_endian else ">"
+        pprev = c.w.memory.gather(dups, np.dtype({"names": ["pprev"], "formats": [f"{order}u{ptr}"],
+                                                  "offsets": [member + ptr],
+                                                  "itemsize": c.node_dtype.itemsize}))["pprev"]
+        expected = np.zeros(len(dups), np.uint64)
+        expected[1:] = dups[:-1] + np.uint64(member)
+        starts = np.cumsum(per_chain) - per_chain
+        has = per_chain > 0
+        expected[starts[has]] = self.address[chains[has]] + np.uint64(lay.stable_node.hlist)
+        for i in np.nonzero(pprev != expected)[0]:
+            c.w._bad_link(BadLink("chain", int(dups[i]), "hlist_node.pprev", int(pprev[i]),
+                                  int(expected[i])))
+
+    def hlist_pprev_expected(self) -> np.ndarray:
+        """For each hlist entry, what its item's ``hlist.pprev`` must hold:
+        where the walk came from (the node's hlist head, or the item before)."""
+        lay = self._layout
+        expected = np.zeros(len(self.hlist_address), np.uint64)
+        expected[1:] = self.hlist_address[:-1] + np.uint64(lay.rmap_item.hlist)
+        has = self.hlist_len > 0
+        expected[self.hlist_start[has]] = self.address[has] + np.uint64(lay.stable_node.hlist)
+        return expected
+
+    def __len__(self) -> int:
+        return len(self.address)
+
+    @cached_property
+    def is_chain(self) -> np.ndarray:
+        """rmap_hlist_len == STABLE_NODE_CHAIN (a dup can say so too: damage)."""
+        if "rmap_hlist_len" not in self.rows.dtype.names:
+            return np.zeros(len(self), bool)
+        return self.rows["rmap_hlist_len"] == STABLE_NODE_CHAIN
+
+    @cached_property
+    def holds_page(self) -> np.ndarray:
+        """The nodes that hold a KSM page: all but chains."""
+        return ~self.is_chain
+
+    def node(self, i: int) -> StableNode:
+        """One node as a decoded record, for a finding's words."""
+        return self._decode(int(self.address[i]), self.rows[i:i + 1].tobytes(), 0)
+
+
+def walked_counts(c: Collection, chains: bool) -> dict[str, int]:
+    """What the kernel's global counters count, recounted from the walks
+    (the rmap_lists and both kinds of tree): the one place pages_shared and
+    pages_sharing are derived from the stable trees. *chains*: the kernel
+    counts stable_node_chains and stable_node_dups (v4.13)."""
+    nodes = c.nodes
+    sharers = nodes.hlist_len[nodes.holds_page]
+    state = c.state[:c.walked]
+    out = {"rmap_items": c.walked,
+           "pages_shared": int(np.count_nonzero(sharers)),
+           "pages_sharing": int(np.sum(np.maximum(sharers - 1, 0))),
+           "pages_unshared": int(np.count_nonzero(state == UNSTABLE))}
+    if chains:
+        out["stable_node_chains"] = int(np.count_nonzero(nodes.kind == CHAIN))
+        out["stable_node_dups"] = int(np.count_nonzero(nodes.kind == DUP))
+    return out

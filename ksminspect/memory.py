@@ -1,0 +1,125 @@
+"""Kernel memory read by one session, kept in chunks that many objects share.
+
+KSM's objects sit many to a slab page, so memory is read a CHUNK at a time
+and kept in large numpy blocks: a walk follows pointers through the chunks
+one word at a time (:meth:`KeptMemory.words`), and the fields of a million
+objects are then gathered from the same blocks at once
+(:meth:`KeptMemory.gather`), without a Python object per field.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+CHUNK = 4096  # bytes read at a time and kept
+_BLOCK = 2048  # chunks per kept block (8 MB)
+
+
+class KeptMemory:
+    """The chunks of kernel memory a session has read."""
+
+    def __init__(self, read: Callable[[int, int], bytes], word_size: int, little_endian: bool):
+        self._read = read
+        self.word_size = word_size
+        self._word_code = "Q" if word_size == 8 else "I"
+        # Words are read through native memoryview casts where the target's
+        # byte order is the host's (every target seen); else not at all.
+        self.native = little_endian == (sys.byteorder == "little")
+        self._slot: dict[int, int] = {}  # chunk base -> slot (block * _BLOCK + index)
+        self._unreadable: set[int] = set()  # chunk bases not wholly in the target
+        self._blocks: list[np.ndarray] = []
+        self._bytes: list[memoryview] = []
+        self._words: list[memoryview] = []
+        # chunk base -> (words of its block, index of its first word): what
+        # a walk looks up at every step to another chunk
+        self.word_chunks: dict[int, tuple[memoryview, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def _load(self, base: int) -> Optional[int]:
+        slot = self._slot.get(base)
+        if slot is not None or base in self._unreadable:
+            return slot
+        try:
+            data = self._read(base, CHUNK)
+        except Exception:  # drgn.FaultError: part of the chunk is not in the dump
+            self._unreadable.add(base)
+            return None
+        slot = len(self._slot)
+        block, index = divmod(slot, _BLOCK)
+        if block == len(self._blocks):
+            self._blocks.append(np.empty(_BLOCK * CHUNK, np.uint8))
+            view = memoryview(self._blocks[-1])
+            self._bytes.append(view)
+            self._words.append(view.cast(self._word_code))
+        self._blocks[block][index * CHUNK:(index + 1) * CHUNK] = np.frombuffer(data, np.uint8)
+        self._slot[base] = slot
+        if self.native:
+            self.word_chunks[base] = (self._words[block], index * (CHUNK // self.word_size))
+        return slot
+
+    def chunk(self, address: int) -> Optional[tuple[memoryview, int]]:
+        """``(bytes of the kept block, offset of address in it)``, or None
+        where the chunk holding *address* cannot be read whole."""
+        base = address & ~(CHUNK - 1)
+        slot = self._load(base)
+        if slot is None:
+            return None
+        block, index = divmod(slot, _BLOCK)
+        return self._bytes[block], index * CHUNK + address - base
+
+    def words(self, address: int) -> Optional[tuple[memoryview, int]]:
+        """``(words of the kept block, index of the word at the chunk's
+        start)`` for the chunk holding *address*; None where it cannot be read
+        whole or words cannot be cast natively."""
+        if not self.native:
+            return None
+        base = address & ~(CHUNK - 1)
+        slot = self._load(base)
+        if slot is None:
+            return None
+        block, index = divmod(slot, _BLOCK)
+        return self._words[block], index * (CHUNK // self.word_size)
+
+    def gather(self, addresses: np.ndarray, dtype: Any) -> np.ndarray:
+        """The objects of *dtype* at *addresses* (already walked, so their
+        chunks are kept) as one structured array, in the same order."""
+        size = dtype.itemsize
+        out = np.zeros(len(addresses), dtype)
+        if not len(addresses):
+            return out
+        # copy in the widest unit that every object's size and place allow
+        unit = next(u for u in (8, 4, 1) if size % u == 0 and not np.any(addresses % u))
+        utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
+        raw = out.view(utype).reshape(len(addresses), size // unit)
+        bases = np.fromiter(self._slot.keys(), np.uint64, len(self._slot))
+        slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
+        order = np.argsort(bases)
+        bases, slots = bases[order], slots[order]
+        addr = addresses.astype(np.uint64)
+        base = addr & np.uint64(~(CHUNK - 1) & (2**64 - 1))
+        off = (addr - base).astype(np.int64)
+        if len(bases):
+            pos = np.searchsorted(bases, base)
+            pos[pos == len(bases)] = 0
+            kept = (bases[pos] == base) & (off + size <= CHUNK)
+            slot = np.where(kept, slots[pos], -1)
+        else:
+            kept, slot = np.zeros(len(addr), bool), np.full(len(addr), -1)
+        for block in range(len(self._blocks)):
+            rows = np.nonzero(kept & (slot // _BLOCK == block))[0]
+            flat = self._blocks[block].view(utype)
+            start = ((slot[rows] % _BLOCK) * CHUNK + off[rows]) // unit
+            for k in range(size // unit):
+                raw[rows, k] = flat[start + k]
+        raw = out.view(np.uint8).reshape(len(addresses), size)
+        for row in np.nonzero(~kept)[0]:  # across a chunk's end, or in a chunk not whole
+            try:
+                raw[row] = np.frombuffer(self._read(int(addr[row]), size), np.uint8)
+            except Exception:
+                pass  # walked, so readable; a moving live kernel may differ: zeros
+        return out
