@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -210,21 +210,23 @@ class _StableTrees:
 
     def __init__(self, c: Collection):
         w, lay = c.w, c.layout
-        tree: list[tuple[int, int, int]] = []  # (node, nid, hlist_first), in tree order
+        tree: list[tuple[int, int]] = []  # (node, nid), in tree order
         for nid, root in w.stable_tree_roots():
             try:
-                for node in w.for_each_stable_node(root):
-                    tree.append((node.address, nid, node.hlist_first))
+                for node, _, _ in w.rbtree_inorder("stable_tree", root, lay.stable_node.node,
+                                                   lay.stable_node.size):
+                    tree.append((node, nid))
             except WalkDamage as e:
                 c.tree_damage.append(e.damage)
         rows = w.memory.gather(np.array([t[0] for t in tree], np.uint64), c.node_dtype)
+        first = rows["hlist_first"].tolist()
         chains = np.nonzero(rows["rmap_hlist_len"] == STABLE_NODE_CHAIN)[0] \
             if "rmap_hlist_len" in rows.dtype.names else np.zeros(0, np.int64)
         # each chain's dups: hlist_for_each_entry(dup, &chain->hlist, hlist_dup)
         dups: array[int] = array("Q")
         dup_stops: array[int] = array("q")
         member = lay.stable_node.hlist_dup or 0
-        for _, damage in w.follow_each("chain", [(tree[i][2], tree[i][0]) for i in chains], member,
+        for _, damage in w.follow_each("chain", [(first[i], tree[i][0]) for i in chains], member,
                                        member, c.node_dtype.itemsize, dups, dup_stops):
             c.tree_damage.append(damage)
         per_chain = np.diff(np.concatenate([[0], np.array(dup_stops, np.int64)]))
@@ -252,19 +254,24 @@ class _StableTrees:
         self._dup_pprev_links(c, np.array(dups, np.uint64), per_chain, chains)
         # each page node's rmap_items: hlist_for_each_entry(item, &node->hlist, hlist)
         holds = np.nonzero(self.holds_page)[0]
-        items: array[int] = array("Q")
-        stops: array[int] = array("q")
-        member = lay.rmap_item.hlist
-        firsts = self.rows["hlist_first"][holds].tolist()
-        for _, damage in w.follow_each("stable_node_hlist", list(zip(firsts, self.address[holds].tolist())),
-                                       member, member, lay.rmap_item.size, items, stops):
-            c.tree_damage.append(damage)
         self.hlist_len = np.zeros(len(self.address), np.int64)
-        self.hlist_len[holds] = np.diff(np.concatenate([[0], np.array(stops, np.int64)]))
+        ranked = _rank_hlists(c, self.rows["hlist_first"][holds])
+        if ranked is not None:
+            self.hlist_len[holds], self.hlist_rows = ranked
+            self.hlist_address = c._rmap_lists[2][self.hlist_rows]
+        else:  # something is odd: walk each hlist through memory, as the kernel would
+            items: array[int] = array("Q")
+            stops: array[int] = array("q")
+            member = lay.rmap_item.hlist
+            firsts = self.rows["hlist_first"][holds].tolist()
+            for _, damage in w.follow_each("stable_node_hlist", list(zip(firsts, self.address[holds].tolist())),
+                                           member, member, lay.rmap_item.size, items, stops):
+                c.tree_damage.append(damage)
+            self.hlist_len[holds] = np.diff(np.concatenate([[0], np.array(stops, np.int64)]))
+            self.hlist_address = np.array(items, np.uint64)
+            self.hlist_rows = c._rows_of(self.hlist_address)
         self.hlist_stop = np.cumsum(self.hlist_len)
         self.hlist_start = self.hlist_stop - self.hlist_len
-        self.hlist_address = np.array(items, np.uint64)
-        self.hlist_rows = c._rows_of(self.hlist_address)
         # which node each hlist entry is on
         self.hlist_node = np.repeat(np.arange(len(self.address)), self.hlist_len)
 
@@ -316,6 +323,65 @@ class _StableTrees:
     def node(self, i: int) -> StableNode:
         """One node as a decoded record, for a finding's words."""
         return self._decode(int(self.address[i]), self.rows[i:i + 1].tobytes(), 0)
+
+
+def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """The stable nodes' hlists (``firsts``: each node's ``hlist.first``)
+    from the columns the rmap_list walk gathered, without a step through
+    memory per item: ``(length of each hlist, item rows in hlist order)``.
+
+    Valid only where the hlists are plain: each leads through walked,
+    STABLE_FLAG items to NULL, and no item is pointed at twice. Anything else
+    (damage, an item on no rmap_list) returns None, and the caller walks the
+    hlists one by one (Walker.follow_each), meeting what a walk meets."""
+    _, _, walked, items = c._rmap_lists
+    member = np.uint64(c.layout.rmap_item.hlist)
+    order = c._walked_order
+    stable = ((items["raw_address"] >> 8) & 3) == STABLE
+
+    def rows_of(pointers: np.ndarray) -> np.ndarray:
+        """Walked STABLE rows at pointer - member; -1 for NULL, -2 for none."""
+        out = np.full(len(pointers), -1, np.int64)
+        live = pointers != 0
+        if not len(walked):
+            out[live] = -2
+            return out
+        target = pointers[live] - member
+        pos = np.minimum(np.searchsorted(walked[order], target), len(walked) - 1)
+        row = order[pos]
+        ok = (walked[row] == target) & stable[row]
+        out[np.nonzero(live)[0]] = np.where(ok, row, -2)
+        return out
+
+    first = rows_of(firsts.astype(np.uint64))
+    succ = np.full(len(walked), -1, np.int64)
+    succ[stable] = rows_of(items["hlist_next"][stable])
+    if np.any(first == -2) or np.any(succ == -2):
+        return None
+    indegree = np.bincount(np.concatenate([first[first >= 0], succ[succ >= 0]]), minlength=len(walked))
+    if np.any(indegree > 1):
+        return None
+    # Wyllie's list ranking: each row's distance to its hlist's tail and the tail
+    ahead = succ.copy()
+    dist = (ahead >= 0).astype(np.int64)
+    tail = np.where(ahead < 0, np.arange(len(walked)), -1)
+    for _ in range(64):
+        a = np.nonzero(ahead >= 0)[0]
+        if not len(a):
+            break
+        n = ahead[a]
+        dist[a], ahead[a], tail[a] = dist[a] + dist[n], ahead[n], np.where(ahead[n] < 0, tail[n], -1)
+    else:
+        return None  # a cycle
+    has = first >= 0
+    length = np.where(has, dist[np.maximum(first, 0)] + 1, 0)
+    node_of_tail = np.full(len(walked), -1, np.int64)
+    node_of_tail[tail[first[has]]] = np.nonzero(has)[0]
+    rows = np.nonzero(stable & (tail >= 0))[0]
+    node = node_of_tail[tail[rows]]
+    rows, node = rows[node >= 0], node[node >= 0]
+    rows = rows[np.lexsort((-dist[rows], node))]
+    return length, rows
 
 
 def walked_counts(c: Collection, chains: bool) -> dict[str, int]:

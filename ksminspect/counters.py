@@ -9,10 +9,9 @@ from typing import Callable, Optional, Union
 
 import drgn
 
-from ksminspect.decode import ItemState
 from ksminspect.layout import read_variable
 from ksminspect.mm import mm_counters
-from ksminspect.walk import RmapLists, WalkDamage, Walker, walker
+from ksminspect.walk import walker
 
 Value = Union[int, str]
 
@@ -138,67 +137,39 @@ def walk_found_nothing(prog: drgn.Program, counter: str, walked: int) -> Optiona
 class WalkedCounts:
     """Counters recomputed from the structures themselves."""
 
-    rmap_items: int = 0
-    stable_items: int = 0
-    stable_tails: int = 0  # stable items last on their node's hlist: one per shared page
-    unstable_items: int = 0
-    mm_slots: int = 0
+    counts: dict[str, int]  # collect.walked_counts(): rmap_items, pages_shared, ...
     zero_pages: Optional[int] = None  # sum of mm->ksm_zero_pages
-    stable_node_chains: int = 0
-    stable_node_dups: int = 0
     damage: list = field(default_factory=list)
+
+    @property
+    def rmap_items(self) -> int:
+        return self.counts["rmap_items"]
 
     def as_counters(self, prog: drgn.Program, counters: dict[str, int]) -> dict[str, int]:
         """The walked values under the sysfs names that a walk can recompute."""
-        out = {
-            "rmap_items": self.rmap_items,
-            "pages_shared": self.stable_tails,
-            "pages_sharing": self.stable_items - self.stable_tails,
-            "pages_unshared": self.unstable_items,
-        }
-        out["pages_volatile"] = pages_volatile(self.rmap_items, out["pages_shared"],
+        out = {k: v for k, v in self.counts.items()
+               if k in counters or k not in ("stable_node_chains", "stable_node_dups")}
+        out["pages_volatile"] = pages_volatile(out["rmap_items"], out["pages_shared"],
                                                out["pages_sharing"], out["pages_unshared"])
-        if "stable_node_chains" in counters:
-            out["stable_node_chains"] = self.stable_node_chains
-            out["stable_node_dups"] = self.stable_node_dups
         if "ksm_zero_pages" in counters and self.zero_pages is not None:
             out["ksm_zero_pages"] = self.zero_pages
         if "general_profit" in counters:
             layout = walker(prog).layout
             out["general_profit"] = general_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
-                                                   self.rmap_items, layout.page_size,
+                                                   out["rmap_items"], layout.page_size,
                                                    layout.rmap_item.size)
         return out
 
 
-def walk_counts(prog: drgn.Program, w: Optional[Walker] = None) -> WalkedCounts:
+def walk_counts(prog: drgn.Program) -> WalkedCounts:
     """Walk ksm_mm_head, every rmap_list and every stable tree, counting."""
-    w = w or walker(prog)
-    counts = WalkedCounts()
-    stable, unstable = ItemState.STABLE, ItemState.UNSTABLE
-    lists = RmapLists(w)
-    for _, mm, items in lists:
-        counts.mm_slots += 1
-        zero = mm_counters(prog, mm).get("ksm_zero_pages")
+    from ksminspect.collect import Collection, walked_counts
+
+    c = Collection(walker(prog))
+    counts = WalkedCounts(walked_counts(c, chains=True))
+    for run in c.runs:
+        zero = mm_counters(prog, run.mm).get("ksm_zero_pages")
         if zero is not None:
             counts.zero_pages = (counts.zero_pages or 0) + zero
-        for item in items:
-            counts.rmap_items += 1
-            if item.state is stable:
-                counts.stable_items += 1
-                if not item.hlist_next:
-                    counts.stable_tails += 1
-            elif item.state is unstable:
-                counts.unstable_items += 1
-    counts.damage.extend(lists.damage)
-    for _, root in w.stable_tree_roots():
-        try:
-            for node in w.for_each_stable_node(root):
-                if node.is_chain:
-                    counts.stable_node_chains += 1
-                    for _ in w.for_each_stable_node_dup(node):
-                        counts.stable_node_dups += 1
-        except WalkDamage as e:
-            counts.damage.append(e.damage)
+    counts.damage = c.rmap_list_damage + c.tree_damage
     return counts
-

@@ -27,6 +27,7 @@ class KeptMemory:
         self._word_code = "Q" if word_size == 8 else "I"
         # Words are read through native memoryview casts where the target's
         # byte order is the host's (every target seen); else not at all.
+        self.little_endian = little_endian
         self.native = little_endian == (sys.byteorder == "little")
         self._slot: dict[int, int] = {}  # chunk base -> slot (block * _BLOCK + index)
         self._unreadable: set[int] = set()  # chunk bases not wholly in the target
@@ -84,6 +85,29 @@ class KeptMemory:
             return None
         block, index = divmod(slot, _BLOCK)
         return self._words[block], index * (CHUNK // self.word_size)
+
+    def read_words(self, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(word at each address, whether it could be read)``: the chunks
+        are read once each, however many of the addresses they hold."""
+        ok = (addresses % np.uint64(self.word_size)) == 0
+        bases = np.unique(addresses[ok] & np.uint64(~(CHUNK - 1) & (2**64 - 1)))
+        for base in bases.tolist():
+            self._load(base)
+        kept = np.array(sorted(self._slot), np.uint64)
+        base = addresses & np.uint64(~(CHUNK - 1) & (2**64 - 1))
+        in_kept = ok & np.isin(base, kept)
+        order = "<" if self.little_endian else ">"
+        dtype = np.dtype({"names": ["word"], "formats": [f"{order}u{self.word_size}"], "offsets": [0],
+                          "itemsize": self.word_size})
+        words = self.gather(np.where(in_kept, addresses, np.uint64(0)), dtype)["word"].astype(np.uint64)
+        words[~in_kept] = 0
+        for i in np.nonzero(ok & ~in_kept)[0]:  # in a chunk not wholly in the dump: the word alone
+            try:
+                words[i] = int.from_bytes(self._read(int(addresses[i]), self.word_size),
+                                          "little" if self.little_endian else "big")
+            except Exception:
+                ok[i] = False
+        return words, ok
 
     def gather(self, addresses: np.ndarray, dtype: Any) -> np.ndarray:
         """The objects of *dtype* at *addresses* (already walked, so their

@@ -138,18 +138,21 @@ class Lookups:
         off = drgn.offsetof(page_type, "mapping")
         base = pfn_to_page(self.prog, 0).value_()
         linear = pfn_to_page(self.prog, 1 << 20).value_() == base + (size << 20)
-        mapping = np.zeros(len(pfns), np.uint64)
-        readable = np.zeros(len(pfns), bool)
-        for i, pfn in enumerate(pfns.tolist()):
-            try:
-                if linear:
-                    mapping[i] = self.w.read_word("struct page", 0, base + pfn * size + off)
-                else:
+        if not linear:
+            mapping = np.zeros(len(pfns), np.uint64)
+            readable = np.zeros(len(pfns), bool)
+            for i, pfn in enumerate(pfns.tolist()):
+                try:
                     mapping[i] = pfn_to_page(self.prog, pfn).mapping.value_()
-                readable[i] = True
-            except (drgn.FaultError, OverflowError, ValueError, WalkDamage):
-                pass
-        return mapping, readable
+                    readable[i] = True
+                except (drgn.FaultError, OverflowError, ValueError):
+                    pass
+            return mapping, readable
+        # struct page addresses beyond the address space cannot be read
+        fits = pfns < np.uint64(((1 << 64) - 1 - base - off) // size)
+        addresses = np.where(fits, np.uint64(base + off) + pfns * np.uint64(size), np.uint64(0))
+        mapping, readable = self.w.memory.read_words(addresses)
+        return mapping, readable & fits
 
 
 def _vm_flags(vma: drgn.Object) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
-from ksminspect.collect import STABLE, walked_counts
+from ksminspect.collect import walked_counts
 from ksminspect.counters import nothing_found
 from ksminspect.errors import HELPER_LIMITS
 from ksminspect.walk import WalkDamage

@@ -82,19 +82,21 @@ def chain(ctx: Context, out: RuleOut) -> None:
     nodes = ctx.c.nodes
     dup_head = ctx.layout.stable_node_dup_head
     limit = ctx.max_page_sharing
-    for i in np.nonzero(nodes.kind == DUP)[0]:
-        dup, chain_ = int(nodes.address[i]), int(nodes.chain[i])
+    dup = nodes.kind == DUP
+    head = nodes.rows["rb_parent_color"]
+    over = nodes.hlist_len > limit if limit else np.zeros(len(nodes), bool)
+    for i in np.nonzero(dup & (nodes.is_chain | (head != np.uint64(dup_head or 0)) | over))[0]:
+        address, chain_ = int(nodes.address[i]), int(nodes.chain[i])
         if nodes.is_chain[i]:
-            out.add(Severity.ERROR, dup, f"chain {chain_:#x} holds {dup:#x}, itself a chain")
+            out.add(Severity.ERROR, address, f"chain {chain_:#x} holds {address:#x}, itself a chain")
             continue
-        head = int(nodes.rows["rb_parent_color"][i])
-        if head != dup_head:
-            out.add(Severity.ERROR, dup, f"dup {dup:#x} of chain {chain_:#x} has head {head:#x}, "
-                                         f"not STABLE_NODE_DUP_HEAD {dup_head:#x}")
-        n = int(nodes.hlist_len[i])
-        if limit and n > limit:
-            out.add(Severity.WARNING, dup, f"dup {dup:#x} of chain {chain_:#x} has {n} sharers, above "
-                                           f"max_page_sharing {limit}")
+        if head[i] != dup_head:
+            out.add(Severity.ERROR, address, f"dup {address:#x} of chain {chain_:#x} has head "
+                                             f"{int(head[i]):#x}, not STABLE_NODE_DUP_HEAD {dup_head:#x}")
+        if over[i]:
+            out.add(Severity.WARNING, address, f"dup {address:#x} of chain {chain_:#x} has "
+                                               f"{int(nodes.hlist_len[i])} sharers, above "
+                                               f"max_page_sharing {limit}")
 
 
 @rule("kpfn", "the page at a stable node's kpfn is a KSM page whose mapping points back at the node",
