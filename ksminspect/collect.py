@@ -75,7 +75,9 @@ class Collection:
         except WalkDamage as e:
             head_damage = e.damage
         address = np.frombuffer(addresses, np.uint64) if addresses else np.zeros(0, np.uint64)
-        return runs, head_damage, address, w.memory.gather(address, self.item_dtype)
+        items = w.memory.gather(address, self.item_dtype)
+        w.memory.forget()  # the items are copied out: do not keep their slab pages twice
+        return runs, head_damage, address, items
 
     @property
     def runs(self) -> list[MmRun]:
@@ -338,10 +340,11 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     member = np.uint64(c.layout.rmap_item.hlist)
     order = c._walked_order
     stable = ((items["raw_address"] >> 8) & 3) == STABLE
+    index = np.int32 if len(walked) < 2**31 else np.int64  # rows: half the memory
 
     def rows_of(pointers: np.ndarray) -> np.ndarray:
         """Walked STABLE rows at pointer - member; -1 for NULL, -2 for none."""
-        out = np.full(len(pointers), -1, np.int64)
+        out = np.full(len(pointers), -1, index)
         live = pointers != 0
         if not len(walked):
             out[live] = -2
@@ -354,7 +357,7 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
         return out
 
     first = rows_of(firsts.astype(np.uint64))
-    succ = np.full(len(walked), -1, np.int64)
+    succ = np.full(len(walked), -1, index)
     succ[stable] = rows_of(items["hlist_next"][stable])
     if np.any(first == -2) or np.any(succ == -2):
         return None
@@ -363,8 +366,8 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
         return None
     # Wyllie's list ranking: each row's distance to its hlist's tail and the tail
     ahead = succ.copy()
-    dist = (ahead >= 0).astype(np.int64)
-    tail = np.where(ahead < 0, np.arange(len(walked)), -1)
+    dist = (ahead >= 0).astype(index)
+    tail = np.where(ahead < 0, np.arange(len(walked), dtype=index), index(-1))
     for _ in range(64):
         a = np.nonzero(ahead >= 0)[0]
         if not len(a):

@@ -86,6 +86,14 @@ class KeptMemory:
         block, index = divmod(slot, _BLOCK)
         return self._words[block], index * (CHUNK // self.word_size)
 
+    def forget(self) -> None:
+        """Drop every kept chunk (what was gathered is copied out): memory
+        read again later is read afresh."""
+        self._slot.clear()
+        self._unreadable.clear()
+        self.word_chunks.clear()
+        self._blocks, self._bytes, self._words = [], [], []
+
     def read_words(self, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(word at each address, whether it could be read)``: the chunks
         are read once each, however many of the addresses they hold."""
@@ -112,18 +120,25 @@ class KeptMemory:
     def gather(self, addresses: np.ndarray, dtype: Any) -> np.ndarray:
         """The objects of *dtype* at *addresses* (already walked, so their
         chunks are kept) as one structured array, in the same order."""
-        size = dtype.itemsize
         out = np.zeros(len(addresses), dtype)
         if not len(addresses):
             return out
-        # copy in the widest unit that every object's size and place allow
-        unit = next(u for u in (8, 4, 1) if size % u == 0 and not np.any(addresses % u))
-        utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
-        raw = out.view(utype).reshape(len(addresses), size // unit)
         bases = np.fromiter(self._slot.keys(), np.uint64, len(self._slot))
         slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
         order = np.argsort(bases)
         bases, slots = bases[order], slots[order]
+        step = 1 << 17  # bounded temporaries, however many objects
+        for lo in range(0, len(addresses), step):
+            self._gather(addresses[lo:lo + step], out[lo:lo + step], bases, slots)
+        return out
+
+    def _gather(self, addresses: np.ndarray, out: np.ndarray, bases: np.ndarray,
+                slots: np.ndarray) -> None:
+        size = out.dtype.itemsize
+        # copy in the widest unit that every object's size and place allow
+        unit = next(u for u in (8, 4, 1) if size % u == 0 and not np.any(addresses % u))
+        utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
+        raw = out.view(utype).reshape(len(addresses), size // unit)
         addr = addresses.astype(np.uint64)
         base = addr & np.uint64(~(CHUNK - 1) & (2**64 - 1))
         off = (addr - base).astype(np.int64)
@@ -146,4 +161,3 @@ class KeptMemory:
                 raw[row] = np.frombuffer(self._read(int(addr[row]), size), np.uint8)
             except Exception:
                 pass  # walked, so readable; a moving live kernel may differ: zeros
-        return out
