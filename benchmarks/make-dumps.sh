@@ -4,7 +4,9 @@
 # kernel, the KSM workload as /init, QEMU (TCG), QMP dump-guest-memory.
 #   small   ~100,000 rmap_items  (1 GB guest)
 #   medium  ~300,000 rmap_items  (2 GB guest)
-#   large  ~1,000,000 rmap_items (6 GB guest; tens of minutes under TCG)
+#   large  ~1,000,000 rmap_items (6 GB guest)
+#   huge   ~4,000,000 rmap_items (3 GB guest: identical pages, filled in
+#          batches that ksmd merges before the next, max_page_sharing 65536)
 # Each lands in $BENCH/<size>/{vmcore,truth.json,console.log} (default
 # /var/tmp/ksminspect-bench). Watch progress in console.log.
 set -euo pipefail
@@ -18,18 +20,20 @@ gcc -static -O2 -o "$BENCH/initrd/init" "$vmcores/scripts/ksm-workload.c"
 common="ksmw.sparse=1 ksmw.max_page_sharing=8 ksmw.chain=4 ksmw.volatile=64 ksmw.exit=1
         ksmw.pages_to_scan=20000 ksmw.sleep_millisecs=0 ksmw.pairs=0"
 sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(small medium large)
+[ ${#sizes[@]} -gt 0 ] || sizes=(small medium large huge)
 for size in "${sizes[@]}"; do
     case $size in
         small)  memory=1024; work="ksmw.sharers=4 ksmw.shared=12000 ksmw.unique=12000 ksmw.cow=500" ;;
         medium) memory=2560; work="ksmw.sharers=6 ksmw.shared=24500 ksmw.unique=24500 ksmw.cow=1000" ;;
         large)  memory=6144; work="ksmw.sharers=10 ksmw.shared=49000 ksmw.unique=49000 ksmw.cow=2000" ;;
+        huge)   memory=3072; work="ksmw.sharers=8 ksmw.shared=500000 ksmw.same=1 ksmw.batch=16384
+                ksmw.max_page_sharing=65536 ksmw.unique=2000 ksmw.cow=0 ksmw.exit=0" ;;
         *) echo "unknown size $size" >&2; exit 2 ;;
     esac
     start=$(date +%s)
     python3 "$vmcores/scripts/make-dump.py" --kernel "$vmcores/kernels/6.12/bzImage" \
         --initrd "$BENCH/init.cpio.gz" --out "$BENCH/$size" --memory "$memory" \
-        --timeout 7200 --append "$(echo $common $work)" </dev/null
+        --timeout 7200 --append "$(echo $work $common)" </dev/null  # the first ksmw.X= wins
     echo "$size: $(( $(date +%s) - start )) s, $(python3 -c "import json,sys; \
 t=json.load(open(sys.argv[1])); print(t['sysfs']['pages_shared'], 'shared', \
 t['sysfs']['pages_sharing'], 'sharing', sum(int(p.get('ksm_stat', {}).get('ksm_rmap_items', 0)) \

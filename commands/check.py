@@ -33,7 +33,7 @@ def _complete_checks(incomplete: str) -> list:
               _complete_checks(incomplete),
               help="Run only these checks (and only the walks they need).")
 @click.option("--retries", type=int, default=3, show_default=True,
-              help="Live kernel: walks before an inconsistency is reported.")
+              help="Live kernel: walks taken before walk damage is believed.")
 @format_option
 @click.pass_obj
 def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
@@ -41,8 +41,9 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
 
     Exit code: 0 no error-level finding, 1 error-level findings (with
     --strict, warnings too), 2 the kernel cannot be inspected. On a live
-    kernel the walk is repeated; what was not seen every time is dropped as a
-    race, and what stays is marked transient (KSM moves while we read).
+    kernel (KSM moves while it is read) each finding is confirmed by reading
+    again what it names; what changed meanwhile is counted, not listed, and
+    what stays is marked transient.
 
     \b
     Examples:
@@ -83,6 +84,11 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
             click.echo()
         for name, why in cannot_tell.items():
             click.echo(f"cannot tell ({name}): {why}")
+        moved = report.stats.get("changed_while_read")
+        if moved:
+            click.echo(f"{moved} finding{'s' if moved != 1 else ''} not listed: what "
+                       f"{'they name' if moved != 1 else 'it names'} changed while it was read "
+                       f"(live kernel)")
         click.echo(f"{counts['error']} errors, {counts['warning']} warnings, "
                    f"{counts['info']} info; {len(chosen or CHECKS)} checks"
                    + (" (live kernel)" if app.live else ""))

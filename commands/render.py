@@ -53,6 +53,14 @@ def fail_if_walk_found_nothing(prog, counter: str, walked: int, damaged: bool) -
         click.get_current_context().exit(EXIT_FINDINGS)
 
 
+def say_changed_while_read(count: int) -> None:
+    """Live kernel: the walks that met their lists changing, in one line."""
+    if count:
+        click.echo(f"ksminspect: {count} walk{'s' if count != 1 else ''} met lists that changed "
+                   f"while they were read (live kernel), again on every retry; not shown as damage",
+                   err=True)
+
+
 def progress(items: Iterable, label: str) -> Iterable:
     """A progress bar on stderr for long walks, only when stderr is a terminal."""
     if not sys.stderr.isatty():

@@ -18,9 +18,11 @@ SNAPSHOT_VERSION = 1
 def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.checks import check_live, run_checks
     from ksminspect.counters import read_counters, read_tunables
-    from ksminspect.mm import for_each_mm_slot
+    from ksminspect.decode import ItemState
+    from ksminspect.mm import for_each_mm_slot, mm_owner
     from ksminspect.program import kernel_release
     from ksminspect.scan import read_scan_cursor
+    from ksminspect.session import session
     from ksminspect.stable import for_each_stable_tree_node
     from ksminspect.walk import WalkDamage
 
@@ -31,19 +33,22 @@ def take_snapshot(app) -> dict[str, Any]:
     cursor = read_scan_cursor(prog)
     damage: list[str] = []
     slots, items = [], []
-
-    def item_record(i, owner) -> None:
-        items.append({"item": hexaddr(i.address), "pid": owner.pid, "comm": owner.comm,
-                      "mm": hexaddr(i.mm), "page_address": hexaddr(i.page_address),
-                      "state": i.state.value})
-
+    c = session(prog).collect("stable_trees")
+    words = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
     try:
-        for s in for_each_mm_slot(prog, item_record):
+        for s in for_each_mm_slot(prog):
             slots.append(mm_slot_json(s, cursor))
             if s.damage:
                 damage.append(s.damage.sentence())
     except WalkDamage as e:
         damage.append(e.damage.sentence())
+    for run in c.runs:
+        owner = mm_owner(prog, run.mm)
+        rows = slice(run.start, run.stop)
+        items += [{"item": f"{a:#x}", "pid": owner.pid, "comm": owner.comm, "mm": f"{mm:#x}",
+                   "page_address": f"{p:#x}", "state": words[st]}
+                  for a, mm, p, st in zip(c.item_address[rows].tolist(), c.items["mm"][rows].tolist(),
+                                          c.page_address[rows].tolist(), c.state[rows].tolist())]
     pages = []
     try:
         for e in for_each_stable_tree_node(prog):

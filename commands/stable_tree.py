@@ -6,12 +6,14 @@ from typing import Any, Optional
 
 import click
 
-from .render import emit, fail_if_walk_found_nothing, format_option, hexaddr, progress
+from .render import (emit, fail_if_walk_found_nothing, format_option, hexaddr, progress,
+                     say_changed_while_read)
 
 
 def sharer_json(s) -> dict[str, Any]:
-    return {"item": hexaddr(s.item), "mm": hexaddr(s.mm), "pid": s.pid, "comm": s.comm,
-            "page_address": hexaddr(s.page_address), "state": s.state}
+    # a million of these: the hex strings made here, as hexaddr() would
+    return {"item": f"{s.item:#x}", "mm": f"{s.mm:#x}", "pid": s.pid, "comm": s.comm,
+            "page_address": f"{s.page_address:#x}", "state": s.state}
 
 
 def node_json(e) -> dict[str, Any]:
@@ -123,6 +125,7 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     Example:
       ksminspect -c vmcore.xz -s vmlinux.debug.xz stable-tree --min-sharers 3
     """
+    from ksminspect.session import session
     from ksminspect.stable import for_each_stable_tree_node
     from ksminspect.walk import WalkDamage
 
@@ -161,5 +164,6 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
             click.echo(f"walk damage: {d}", err=True)
 
     emit(fmt, data, table)
+    say_changed_while_read(session(app.prog).collection.changed_while_read)
     if nid is None:
         fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .render import emit, emit_table, fail_if_walk_found_nothing, format_option
+from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, say_changed_while_read
 
 
 @click.command()
@@ -50,6 +50,7 @@ def summary(app, fmt: str, watch: float | None) -> None:
             click.echo(f"walk damage: {d.sentence()}", err=True)
 
     emit(fmt, data, table)
+    say_changed_while_read(walked_counts.changed_while_read)
     fail_if_walk_found_nothing(prog, "rmap_items", walked_counts.rmap_items,
                                bool(walked_counts.damage))
 

@@ -55,6 +55,8 @@ class Collection:
                                        self.layout.stable_node.size)
         # walk damage met by the tree walks, in walk order
         self.tree_damage: list[Damage] = []
+        # live kernel: walks that met lists changing under them (see set_aside())
+        self.changed_while_read = 0
         self._extra: array[int] = array("Q")  # items found beyond the rmap_lists
         self._extra_rows: dict[int, int] = {}
 
@@ -99,6 +101,25 @@ class Collection:
         out = [r.cut for r in self.runs if r.cut]
         return out + ([self.mm_head_damage] if self.mm_head_damage else [])
 
+    def set_aside(self, damage: set[Damage]) -> None:
+        """Live kernel: *damage* was met by one walk but not by another of the
+        same lists: they changed while they were read, which is no evidence
+        of anything. It is counted in :attr:`changed_while_read`, not kept."""
+        if not damage:
+            return
+        runs, head, address, items = self._rmap_lists
+        runs[:] = [r if r.cut not in damage else MmRun(r.slot, r.mm, r.start, r.stop, None)
+                   for r in runs]
+        self.__dict__["_rmap_lists"] = (runs, None if head in damage else head, address, items)
+        self.__dict__.pop("cut_mms", None)
+        self.tree_damage[:] = [d for d in self.tree_damage if d not in damage]
+        if "_stable" in self.__dict__:
+            nodes = self.nodes
+            nodes.walk_damage[:] = [d for d in nodes.walk_damage if d not in damage]
+            for i in [i for i, d in nodes.damage_of.items() if d in damage]:
+                del nodes.damage_of[i]
+        self.changed_while_read += len(damage)
+
     @cached_property
     def cut_mms(self) -> frozenset[int]:
         """mms whose rmap_list walk was cut short: what follows was not seen."""
@@ -117,6 +138,7 @@ class Collection:
     @cached_property
     def _items_all(self) -> tuple[np.ndarray, np.ndarray]:
         _, _, address, items = self._rmap_lists
+        self._gathered_extra = len(self._extra)
         if self._extra:
             extra = np.frombuffer(self._extra, np.uint64).copy()
             address = np.concatenate([address, extra])
@@ -125,8 +147,7 @@ class Collection:
 
     def _rows_of(self, addresses: np.ndarray) -> np.ndarray:
         """Item rows of *addresses*; an item the rmap_lists did not reach
-        becomes a row of its own (call before reading :attr:`items`)."""
-        assert "_items_all" not in self.__dict__, "items were read before every walk ran"
+        becomes a row of its own, appended (rows already handed out stay)."""
         walked = self._rmap_lists[2]
         order = self._walked_order
         pos = np.searchsorted(walked[order], addresses) if len(walked) else np.zeros(len(addresses), int)
@@ -141,6 +162,9 @@ class Collection:
                 row = self._extra_rows[a] = len(walked) + len(self._extra)
                 self._extra.append(a)
             rows[i] = row
+        if "_items_all" in self.__dict__ and self._gathered_extra != len(self._extra):
+            for column in ("_items_all", "state", "page_address", "seqnr"):
+                self.__dict__.pop(column, None)  # gathered again, with the new rows
         return rows
 
     @cached_property
@@ -212,6 +236,9 @@ class _StableTrees:
 
     def __init__(self, c: Collection):
         w, lay = c.w, c.layout
+        # node index -> why the walk of its hlist (a chain's: its dups) stopped early
+        self.damage_of: dict[int, Damage] = {}
+        self.walk_damage: list[Damage] = []  # of the trees themselves and migrate_nodes
         tree: list[tuple[int, int]] = []  # (node, nid), in tree order
         for nid, root in w.stable_tree_roots():
             try:
@@ -220,6 +247,7 @@ class _StableTrees:
                     tree.append((node, nid))
             except WalkDamage as e:
                 c.tree_damage.append(e.damage)
+                self.walk_damage.append(e.damage)
         rows = w.memory.gather(np.array([t[0] for t in tree], np.uint64), c.node_dtype)
         first = rows["hlist_first"].tolist()
         chains = np.nonzero(rows["rmap_hlist_len"] == STABLE_NODE_CHAIN)[0] \
@@ -228,9 +256,10 @@ class _StableTrees:
         dups: array[int] = array("Q")
         dup_stops: array[int] = array("q")
         member = lay.stable_node.hlist_dup or 0
-        for _, damage in w.follow_each("chain", [(first[i], tree[i][0]) for i in chains], member,
+        for i, damage in w.follow_each("chain", [(first[i], tree[i][0]) for i in chains], member,
                                        member, c.node_dtype.itemsize, dups, dup_stops):
             c.tree_damage.append(damage)
+            self.damage_of[int(chains[i])] = damage
         per_chain = np.diff(np.concatenate([[0], np.array(dup_stops, np.int64)]))
         migrate: array[int] = array("Q")
         try:
@@ -238,6 +267,7 @@ class _StableTrees:
                 migrate.append(node.address)
         except WalkDamage as e:
             c.tree_damage.append(e.damage)
+            self.walk_damage.append(e.damage)
         self.address = np.concatenate([np.array([t[0] for t in tree], np.uint64),
                                        np.array(dups, np.uint64), np.array(migrate, np.uint64)])
         n_tree, n_dup = len(tree), len(dups)
@@ -266,9 +296,10 @@ class _StableTrees:
             stops: array[int] = array("q")
             member = lay.rmap_item.hlist
             firsts = self.rows["hlist_first"][holds].tolist()
-            for _, damage in w.follow_each("stable_node_hlist", list(zip(firsts, self.address[holds].tolist())),
+            for i, damage in w.follow_each("stable_node_hlist", list(zip(firsts, self.address[holds].tolist())),
                                            member, member, lay.rmap_item.size, items, stops):
                 c.tree_damage.append(damage)
+                self.damage_of[int(holds[i])] = damage
             self.hlist_len[holds] = np.diff(np.concatenate([[0], np.array(stops, np.int64)]))
             self.hlist_address = np.array(items, np.uint64)
             self.hlist_rows = c._rows_of(self.hlist_address)

@@ -140,6 +140,7 @@ class WalkedCounts:
     counts: dict[str, int]  # collect.walked_counts(): rmap_items, pages_shared, ...
     zero_pages: Optional[int] = None  # sum of mm->ksm_zero_pages
     damage: list = field(default_factory=list)
+    changed_while_read: int = 0  # live kernel: walks that met their lists changing
 
     @property
     def rmap_items(self) -> int:
@@ -163,13 +164,15 @@ class WalkedCounts:
 
 def walk_counts(prog: drgn.Program) -> WalkedCounts:
     """Walk ksm_mm_head, every rmap_list and every stable tree, counting."""
-    from ksminspect.collect import Collection, walked_counts
+    from ksminspect.collect import walked_counts
+    from ksminspect.session import session
 
-    c = Collection(walker(prog))
+    c = session(prog).collect("stable_trees")
     counts = WalkedCounts(walked_counts(c, chains=True))
     for run in c.runs:
         zero = mm_counters(prog, run.mm).get("ksm_zero_pages")
         if zero is not None:
             counts.zero_pages = (counts.zero_pages or 0) + zero
     counts.damage = c.rmap_list_damage + c.tree_damage
+    counts.changed_while_read = c.changed_while_read
     return counts

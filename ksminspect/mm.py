@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import drgn
 from drgn.helpers.linux.pid import for_each_task
@@ -12,7 +12,6 @@ from ksminspect.layout import get_layout
 from ksminspect.session import session
 
 if TYPE_CHECKING:
-    from ksminspect.decode import RmapItem
     from ksminspect.walk import Damage
 
 
@@ -133,24 +132,22 @@ class MmSlot:
     damage: Optional["Damage"]  # why its rmap_list walk stopped early, if it did
 
 
-def for_each_mm_slot(prog: drgn.Program,
-                     each_item: Optional[Callable[["RmapItem", MmOwner], None]] = None
-                     ) -> Iterator[MmSlot]:
+def for_each_mm_slot(prog: drgn.Program) -> Iterator[MmSlot]:
     """Every mm slot on ``ksm_mm_head`` in scan order, its rmap_list counted
-    (and each item given to *each_item* with its owner, if given). Damage to
-    ksm_mm_head raises :class:`WalkDamage` after the readable slots."""
-    from ksminspect.decode import ItemState
-    from ksminspect.walk import RmapLists, WalkDamage, walker
+    by state (from the session's collection). Damage to ksm_mm_head raises
+    :class:`WalkDamage` after the readable slots."""
+    import numpy as np
 
-    lists = RmapLists(walker(prog))
-    for slot, mm, rmap_items in lists:
-        owner = mm_owner(prog, mm)
+    from ksminspect.decode import ItemState
+    from ksminspect.walk import WalkDamage
+
+    c = session(prog).collect()
+    states = [ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH]
+    for run in c.runs:
+        counts = np.bincount(c.state[run.start:run.stop], minlength=4)
         items = {s.value: 0 for s in ItemState}
-        for item in rmap_items:
-            items[item.state.value] += 1
-            if each_item is not None:
-                each_item(item, owner)
-        yield MmSlot(slot=slot, mm=mm, owner=owner, counters=mm_counters(prog, mm), items=items,
-                     damage=lists.cut.get(mm))
-    if lists.mm_head_damage:
-        raise WalkDamage(lists.mm_head_damage)
+        items.update({s.value: int(n) for s, n in zip(states, counts)})
+        yield MmSlot(slot=run.slot, mm=run.mm, owner=mm_owner(prog, run.mm),
+                     counters=mm_counters(prog, run.mm), items=items, damage=run.cut)
+    if c.mm_head_damage:
+        raise WalkDamage(c.mm_head_damage)

@@ -17,19 +17,21 @@ import drgn
 from ksminspect.layout import KsmLayout, get_layout
 
 if TYPE_CHECKING:
+    from ksminspect.collect import Collection
     from ksminspect.walk import Walker
 
 _KEY = "ksminspect_session"
 
 
 class Session:
-    """The walker (with the memory chunks it keeps) and the caches of one
-    command's run over *prog*."""
+    """The walker (with the memory chunks it keeps), the collection of what
+    it walked, and the caches of one command's run over *prog*."""
 
     def __init__(self, prog: drgn.Program):
         self.prog = prog
         self.layout: KsmLayout = get_layout(prog)
         self._walker: Optional["Walker"] = None
+        self._collection: Optional["Collection"] = None
         # mm (struct mm_struct *) -> MmOwner, and the task walk behind it
         self.owner_by_mm: dict[int, Any] = {}
         self.owners_by_task_walk: Optional[dict[int, tuple[int, str]]] = None
@@ -41,6 +43,41 @@ class Session:
 
             self._walker = Walker(self.prog, self.layout)
         return self._walker
+
+    @property
+    def collection(self) -> "Collection":
+        """What this session's walks reached, as columns: every command of
+        the session reads the kernel's structures once."""
+        if self._collection is None:
+            from ksminspect.collect import Collection
+
+            self._collection = Collection(self.walker)
+        return self._collection
+
+    def collect(self, *walks: str, attempts: int = 3) -> "Collection":
+        """The collection with the rmap_lists and *walks* ("stable_trees",
+        "unstable_trees") made. On a live kernel a walk that met damage (a
+        list changed under it) is taken again, afresh, up to *attempts*
+        times, before the damage is believed."""
+        live = bool(self.prog.flags & drgn.ProgramFlags.IS_LIVE)
+        met: list[set] = []  # the damage each attempt met
+        for attempt in range(max(attempts, 1)):
+            c = self.collection
+            c.runs
+            if "stable_trees" in walks:
+                c.nodes
+            if "unstable_trees" in walks:
+                c.unstable
+            damage = set(c.rmap_list_damage + c.tree_damage)
+            if not live or not damage:
+                return c
+            met.append(damage)
+            if attempt == attempts - 1:
+                break
+            self._walker = self._collection = None  # read the moving kernel afresh
+        # damage met the same way every time is believed; the rest was motion
+        c.set_aside(damage - set.intersection(*met))
+        return c
 
 
 def begin_session(prog: drgn.Program) -> Session:

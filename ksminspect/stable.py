@@ -4,17 +4,19 @@ and the nodes waiting on ``migrate_nodes``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import drgn
+import numpy as np
 
-from ksminspect.decode import NodeKind, RmapItem, StableNode
+from ksminspect.collect import CHAIN, DUP, MIGRATE, TREE
+from ksminspect.decode import ItemState, NodeKind
 from ksminspect.mm import mm_owner
-from ksminspect.walk import Damage, WalkDamage, Walker, walker
+from ksminspect.session import session
+from ksminspect.walk import Damage, WalkDamage
 
 
-@dataclass(frozen=True)
-class Sharer:
+class Sharer(NamedTuple):
     """An rmap_item on a stable node's hlist: one mapping of the KSM page."""
 
     item: int
@@ -46,38 +48,52 @@ class StableTreeNode:
         return len(self.dups) if self.kind == NodeKind.CHAIN else 1
 
 
-def _sharer(prog: drgn.Program, item: RmapItem) -> Sharer:
-    owner = mm_owner(prog, item.mm)
-    return Sharer(item=item.address, mm=item.mm, pid=owner.pid, comm=owner.comm,
-                  page_address=item.page_address, state=item.state.value)
-
-
-def _entry(w: Walker, node: StableNode, kind: NodeKind, tree_nid: Optional[int]) -> StableTreeNode:
-    chain = kind == NodeKind.CHAIN
-    entry = StableTreeNode(node=node.address, kind=kind, tree_nid=tree_nid, nid=node.nid,
-                           kpfn=None if chain else node.kpfn,
-                           chain_prune_time=node.kpfn if chain else None,
-                           rmap_hlist_len=node.rmap_hlist_len)
-    try:
-        if chain:
-            for dup in w.for_each_stable_node_dup(node):
-                entry.dups.append(_entry(w, dup, NodeKind.DUP, tree_nid))
-        else:
-            for item in w.for_each_stable_node_rmap_item(node):
-                entry.sharers.append(_sharer(w.prog, item))
-    except WalkDamage as e:
-        entry.damage.append(e.damage)
-    return entry
-
-
 def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     """Every entry of every ``root_stable_tree[nid]``, in tree order, then the
-    nodes on ``migrate_nodes``. A damaged tree raises :class:`WalkDamage`
-    after its readable part."""
-    w = walker(prog)
-    for nid, root in w.stable_tree_roots():
-        for node in w.for_each_stable_node(root):
-            kind = NodeKind.CHAIN if node.is_chain else NodeKind.NODE
-            yield _entry(w, node, kind, nid)
-    for node in w.for_each_migrate_node():
-        yield _entry(w, node, NodeKind.MIGRATE, None)
+    nodes on ``migrate_nodes``, from the session's collection. Damage to a
+    tree or to migrate_nodes raises :class:`WalkDamage` after every readable
+    entry; damage to one entry's hlist or dups is in its ``damage``."""
+    c = session(prog).collect("stable_trees")
+    nodes = c.nodes
+    item_address, page_address = c.item_address, c.page_address
+    state, mm_of = c.state, c.items["mm"]
+    words = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
+
+    # every sharer once, as Python values; each node takes its stretch
+    rows = nodes.hlist_rows
+    owner_of = {mm: mm_owner(prog, mm) for mm in np.unique(mm_of[rows]).tolist()}
+    everyone = [Sharer(item, mm, owner_of[mm].pid, owner_of[mm].comm, page, words[st])
+                for item, mm, page, st in zip(item_address[rows].tolist(), mm_of[rows].tolist(),
+                                              page_address[rows].tolist(), state[rows].tolist())]
+    start, stop = nodes.hlist_start.tolist(), nodes.hlist_stop.tolist()
+
+    def sharers(i: int) -> list[Sharer]:
+        return everyone[start[i]:stop[i]]
+
+    has_nid = "nid" in nodes.rows.dtype.names
+    has_len = "rmap_hlist_len" in nodes.rows.dtype.names
+
+    def entry(i: int, kind: NodeKind, tree_nid: Optional[int]) -> StableTreeNode:
+        chain = kind == NodeKind.CHAIN
+        kpfn = int(nodes.rows["kpfn"][i])
+        e = StableTreeNode(node=int(nodes.address[i]), kind=kind, tree_nid=tree_nid,
+                           nid=int(nodes.rows["nid"][i]) if has_nid else None,
+                           kpfn=None if chain else kpfn, chain_prune_time=kpfn if chain else None,
+                           rmap_hlist_len=int(nodes.rows["rmap_hlist_len"][i]) if has_len else None)
+        if i in nodes.damage_of:
+            e.damage.append(nodes.damage_of[i])
+        if chain:
+            e.dups = [entry(d, NodeKind.DUP, tree_nid) for d in dups_of.get(e.node, [])]
+        elif not nodes.is_chain[i]:
+            e.sharers = sharers(i)
+        return e
+
+    dups_of: dict[int, list[int]] = {}
+    for d in np.nonzero(nodes.kind == DUP)[0].tolist():
+        dups_of.setdefault(int(nodes.chain[d]), []).append(d)
+    for i in np.nonzero((nodes.kind == TREE) | (nodes.kind == CHAIN))[0].tolist():
+        yield entry(i, NodeKind.CHAIN if nodes.kind[i] == CHAIN else NodeKind.NODE, int(nodes.nid[i]))
+    for i in np.nonzero(nodes.kind == MIGRATE)[0].tolist():
+        yield entry(i, NodeKind.MIGRATE, None)
+    if nodes.walk_damage:
+        raise WalkDamage(nodes.walk_damage[0])

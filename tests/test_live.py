@@ -99,6 +99,25 @@ def test_diff_around_selftests(live_run) -> None:
     assert rc == 0 and "merged:" in text and "leaked:" in text
 
 
+def test_a_host_that_keeps_moving(live_run) -> None:
+    """Pages broken and merged again all the time (tests/live/ksm-churn.c)
+    are no corruption: no error, at most a handful of warnings, and no walk
+    damage in summary or stable-tree."""
+    assert "KSMI-CHURN" in live_run.console
+    rc, out = live_run.sections["churn-check"]
+    data = json.loads(out)
+    problems = [f["message"] for f in data["findings"] if f["severity"] != "info"]
+    assert len(problems) <= 5, problems[:10]
+    assert rc == 0
+    rc, out = live_run.sections["churn-summary"]
+    assert json.loads(out)["damage"] == []
+    rc, out = live_run.sections["churn-stable-tree"]
+    tree = json.loads(out)
+    assert tree["damage"] == []
+    assert [n["damage"] for t in tree["trees"] for n in t["nodes"] if n["damage"]] == []
+    assert tree["totals"]["pages_sharing"] > 0
+
+
 def test_summary_watch_ends_on_ctrl_c(live_run) -> None:
     rc, out = live_run.sections["watch"]
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-selftests.sh OUT: build the kernel's own KSM selftests (ksm_tests,
 # ksm_functional_tests) from Debian's linux-source-6.12, the source of the
-# fixture kernel the live test boots, and the KSM workload, into OUT.
+# fixture kernel the live test boots, the KSM workload and ksm-churn, into OUT.
 # Needs: apt access to the machine's Debian suites, gcc, make, libnuma-dev.
 set -euo pipefail
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -24,4 +24,5 @@ cflags=(-O2 -isystem "$hdr/usr/include" -I"$src" -I"$src/tools/include" -I"$src/
 gcc "${cflags[@]}" -o "$out/ksm_tests" "$mm/ksm_tests.c" "$mm/vm_util.c" "$mm/thp_settings.c" -lnuma -lrt -lm
 gcc "${cflags[@]}" -o "$out/ksm_functional_tests" "$mm/ksm_functional_tests.c" "$mm/vm_util.c" -lrt
 gcc -static -O2 -o "$out/ksm-workload" "$here/../../vmcores/scripts/ksm-workload.c"
+gcc -static -O2 -Wall -o "$out/ksm-churn" "$here/ksm-churn.c"
 ls "$out"

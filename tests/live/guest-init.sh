@@ -51,5 +51,19 @@ echo "KSMI-WORKLOAD ready after ${i}s, full_scans $(cat $ksm/full_scans)"
 section check ksminspect check --format json
 section mm ksminspect mm --format json
 section summary ksminspect summary --format json
-section watch timeout --preserve-status -s INT 15 "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" summary --watch 1 --format json
+# 45 s: under TCG, starting Python with drgn and numpy from 9p takes a while
+section watch timeout --preserve-status -s INT 45 "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" summary --watch 1 --format json
+
+# A host that keeps moving: 4 processes keep writing 3000 pages each back
+# with one of 8 contents (chains of dups), ksmd at full speed merges them
+# again; ksminspect must not mistake the motion for corruption.
+echo 0 >$ksm/sleep_millisecs
+echo 1000 >$ksm/pages_to_scan
+"$KSMI_CHURN" 4 3000 8 >/run/churn.log 2>&1 &
+i=0
+until [ "$(cat $ksm/pages_sharing)" -gt 6000 ] || [ $i -ge 300 ]; do sleep 1; i=$((i + 1)); done
+echo "KSMI-CHURN after ${i}s: pages_shared $(cat $ksm/pages_shared) pages_sharing $(cat $ksm/pages_sharing)"
+section churn-check ksminspect check --format json
+section churn-summary ksminspect summary --format json
+section churn-stable-tree ksminspect stable-tree --format json
 echo "KSMI-DONE full_scans $(cat $ksm/full_scans)"

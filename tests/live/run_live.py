@@ -35,14 +35,16 @@ def boot(bzimage: Path, debug: Path, selftests: Path, workload: Path, venv: Path
          memory: int = 1536, timeout: int = 2400, log: Path | None = None) -> LiveRun:
     """Run the live guest; returns its console and framed sections."""
     env = {"KSMI_VENV": venv, "KSMI_DEBUG": debug, "KSMI_SELFTESTS": selftests,
-           "KSMI_WORKLOAD": workload}
+           "KSMI_WORKLOAD": workload, "KSMI_CHURN": selftests / "ksm-churn"}
     append = ("console=ttyS0 loglevel=1 panic=-1 root=rootfs rootfstype=9p "
               "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose ro "
               f"init={HERE / 'guest-init.sh'} ksmw.live=1 ksmw.pairs=0 ksmw.sharers=3 "
               + " ".join(f"{k}={v}" for k, v in env.items()))
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / "ksminspect-live-console.log"
     half = memory // 2
-    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "2",
+    # -cpu max: the host's Python packages run in the guest, and numpy's
+    # wheels need x86-64-v2 (SSE4.2, POPCNT), which QEMU's default qemu64 lacks.
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", str(memory), "-smp", "2",
            "-kernel", str(bzimage), "-append", append, "-display", "none", "-monitor", "none",
            "-serial", f"file:{log}", "-no-reboot", "-nic", "none",
            "-virtfs", "local,path=/,mount_tag=rootfs,security_model=none,readonly=on,multidevs=remap",

@@ -21,6 +21,12 @@
  *   sleep_millisecs, smart_scan: written to /sys/kernel/mm/ksm before run=1
  *   sparse         1: pages differ only in their first and last words (fast
  *                  to fill under TCG: the benchmark dumps)
+ *   same           1: every shared page holds one content (with a high
+ *                  max_page_sharing, millions of items in little memory)
+ *   batch          pages: ksmd runs while the sharers fill their shared
+ *                  pages this many at a time, each sharer waiting for each
+ *                  batch to merge before the next, so that memory stays
+ *                  small however many pages there are (0: fill, then merge)
  *   live           1: a background workload on a running system (the live
  *                  test): ksmd keeps running, nothing is single-stepped, the
  *                  truth is printed once merging has settled
@@ -300,7 +306,25 @@ static void command(struct child *ch, char c)
 		say("%s%ld did not answer", ch->role, ch->index);
 }
 
-static long g_sharers, g_shared, g_chain, g_unique, g_numa;
+static long g_sharers, g_shared, g_chain, g_unique, g_numa, g_same, g_batch;
+static long proc_long(pid_t pid, const char *file);
+
+/* Fill the shared pages; with a batch size, wait for each batch to merge. */
+static void fill_shared(unsigned char *shared)
+{
+	long j, waited;
+
+	for (j = 0; j < g_shared; j++) {
+		fill(shared + j * PAGE, ID_SHARED + (g_same ? 0 : j));
+		if (g_batch <= 0 || (j + 1) % g_batch)
+			continue;
+		for (waited = 0; waited < 120000; waited += 50) {
+			if (proc_long(getpid(), "ksm_merging_pages") >= j + 1 - g_batch)
+				break;
+			msleep(50);
+		}
+	}
+}
 
 static void sharer_body(int cmd, int ack)
 {
@@ -314,15 +338,17 @@ static void sharer_body(int cmd, int ack)
 	chain = shared + g_shared * PAGE;
 	g_cow = chain + g_chain * PAGE;
 	unique = g_cow + g_ncow * PAGE;
-	for (j = 0; j < g_shared; j++)
-		fill(shared + j * PAGE, ID_SHARED + j);
+	if (g_batch > 0)
+		mergeable(shared, n);
+	fill_shared(shared);
 	for (j = 0; j < g_chain; j++)
 		fill(chain + j * PAGE, ID_CHAIN);
 	for (j = 0; j < g_ncow; j++)
 		fill(g_cow + j * PAGE, ID_COW + j);
 	for (j = 0; j < g_unique; j++)
 		fill(unique + j * PAGE, ID_UNIQUE + ((uint64_t)g_index << 24) + j);
-	mergeable(shared, n);
+	if (g_batch <= 0)
+		mergeable(shared, n);
 	child_wait(cmd, ack, sharer_command, 0);
 }
 
@@ -518,6 +544,8 @@ int main(void)
 	g_npairs = param("pairs", 0);
 	g_numa = param("numa", 0);
 	g_sparse = param("sparse", 0);
+	g_same = param("same", 0);
+	g_batch = param("batch", 0);
 	exit_flag = param("exit", 1);
 	live = param("live", 0);
 	if (!live) {
@@ -553,6 +581,8 @@ int main(void)
 		}
 	}
 
+	if (g_batch > 0 && !access(KSM "run", F_OK))
+		write_ksm("run", 1);	/* merge while the sharers fill */
 	for (i = 0; i < g_sharers; i++) {
 		g_index = i;
 		spawn("share", i, sharer_body);

@@ -49,7 +49,7 @@ def mm_counters_match(ctx: Context, out: RuleOut) -> None:
     for r in c.runs:
         if r.cut:
             continue  # the rest of its list was not seen
-        own = mm_counters(ctx.prog, r.mm)
+        own = ctx.mm_counters_seen[r.mm] = mm_counters(ctx.prog, r.mm)
         for key, walked in (("ksm_rmap_items", r.stop - r.start),
                             ("ksm_merging_pages", int(np.count_nonzero(stable[r.start:r.stop])))):
             if key in own and own[key] != walked:

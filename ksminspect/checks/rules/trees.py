@@ -39,11 +39,11 @@ def stable_membership(ctx: Context, out: RuleOut) -> None:
         if state[k] != STABLE:
             out.add(Severity.ERROR, int(c.item_address[row]),
                     f"rmap_item {int(c.item_address[row]):#x} is on the hlist of stable node "
-                    f"{node:#x} but is {_STATE_WORDS[state[k]]}, not stable", row)
+                    f"{node:#x} but is {_STATE_WORDS[state[k]]}, not stable", row, nodes=(node,))
         else:
             out.add(Severity.ERROR, int(c.item_address[row]),
                     f"rmap_item {int(c.item_address[row]):#x} is on the hlist of stable node "
-                    f"{node:#x} but its head is {int(head[k]):#x}", row)
+                    f"{node:#x} but its head is {int(head[k]):#x}", row, nodes=(node,))
     unlisted = rows >= c.walked
     if c.cut_mms and np.any(unlisted):
         unlisted &= ~np.isin(c.items["mm"][rows], np.array(sorted(c.cut_mms), np.uint64))
@@ -51,7 +51,7 @@ def stable_membership(ctx: Context, out: RuleOut) -> None:
         row = int(rows[k])
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"rmap_item {int(c.item_address[row]):#x} of stable node {int(nodes.address[on[k]]):#x} "
-                f"is on no mm's rmap_list", row)
+                f"is on no mm's rmap_list", row, nodes=(int(nodes.address[on[k]]),))
     listed = np.zeros(len(c.item_address), bool)
     listed[rows] = True
     seen: set[int] = set()
