@@ -81,8 +81,16 @@ def walk(prog: drgn.Program) -> dict[str, int]:
 def main() -> None:
     start = time.perf_counter()
     prog = drgn.Program()
-    prog.set_core_dump(sys.argv[1])
-    prog.load_debug_info([sys.argv[2]], main=True)
+    try:
+        prog.set_core_dump(sys.argv[1])
+        prog.load_debug_info([sys.argv[2]], main=True)
+    except ValueError:
+        # A dump without a VMCOREINFO note (a guest that never loaded
+        # qemu_fw_cfg): plain drgn cannot open it; ksminspect finds the note
+        # in memory. Only the opening is borrowed, the walk stays plain drgn.
+        from ksminspect.program import open_program
+
+        prog = open_program(sys.argv[1], [sys.argv[2]])
     counts = walk(prog)
     print(counts)
     print(f"baseline: {time.perf_counter() - start:.2f} s")

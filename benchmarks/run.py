@@ -19,7 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KSMINSPECT = Path(sys.executable).parent / "ksminspect"
-COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["check", "--format", "json"]]
+COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["snapshot", "-"],
+            ["check", "--format", "json"]]
 
 
 def measure(argv: list[str]) -> tuple[float, float]:
@@ -54,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default=os.environ.get("BENCH", "/var/tmp/ksminspect-bench"))
     ap.add_argument("--debug", default=str(HERE.parent / "vmcores/kernels/6.12/vmlinux.debug.xz"))
-    ap.add_argument("sizes", nargs="*", default=["small", "medium", "large"])
+    ap.add_argument("sizes", nargs="*", default=["small", "medium", "large", "huge", "distro-large"])
     ap.add_argument("--in-process", metavar="VMCORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from ksminspect.program import decompressed
@@ -65,8 +66,14 @@ def main() -> None:
         return
 
     debug = decompressed(args.debug)
+    # The memory floor: summary on a committed dump of a few hundred items;
+    # check's B/item is its peak RSS above that floor, per rmap_item.
+    floor_dump = HERE.parent / "vmcores/6.12-numa/vmcore.xz"
+    _, floor_rss = measure([str(KSMINSPECT), "-c", str(floor_dump), "-s", debug, "summary"])
+    print(f"summary on {floor_dump.parent.name} (the memory floor): {floor_rss:.0f} MB peak RSS")
     per_item: dict[str, float] = {}
-    print(f"{'size':7} {'items':>9} {'command':24} {'wall s':>7} {'items/s':>10} {'RSS MB':>7} {'vs baseline':>11}")
+    print(f"{'size':12} {'items':>9} {'command':24} {'wall s':>7} {'items/s':>10} {'RSS MB':>7} "
+          f"{'vs baseline':>11} {'B/item':>7}")
     for size in args.sizes:
         vmcore = Path(args.bench) / size / "vmcore"
         if not vmcore.exists():
@@ -74,23 +81,28 @@ def main() -> None:
             continue
         truth = json.loads((vmcore.parent / "truth.json").read_text())
         items = sum(int(p.get("ksm_stat", {}).get("ksm_rmap_items", 0)) for p in truth["processes"])
-        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), debug])
+        vmlinux = truth.get("debug", debug)  # a distribution kernel's own
+        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux])
         rows = [("baseline (plain drgn)", base_wall, base_rss)]
         for cmd in COMMANDS:
-            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", debug, *cmd])
+            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, *cmd])
             rows.append((" ".join(cmd), wall, rss))
             if cmd[0] == "check":
                 per_item[size] = wall / items
         for name, wall, rss in rows:
-            print(f"{size:7} {items:9} {name:24} {wall:7.2f} {items / wall:10.0f} {rss:7.0f} "
-                  f"{base_wall / wall:10.1f}x")
+            extra = (rss - floor_rss) * 2**20 / items if name.startswith("check") else None
+            print(f"{size:12} {items:9} {name:24} {wall:7.2f} {items / wall:10.0f} {rss:7.0f} "
+                  f"{base_wall / wall:10.1f}x" + (f" {extra:7.0f}" if extra is not None else ""))
         inproc = json.loads(subprocess.run(
-            [sys.executable, __file__, "--debug", args.debug, "--in-process", str(vmcore)],
+            [sys.executable, __file__, "--debug", vmlinux, "--in-process", str(vmcore)],
             capture_output=True, text=True, check=True).stdout)
         n, rate = inproc["n"], inproc["rate"]
-        print(f"{size:7} {n:9} {'rmap_list walk in-process':24} {n / rate:7.2f} {rate:10.0f}")
-    if "small" in per_item and "large" in per_item:
-        print(f"check: time per item at large / at small = {per_item['large'] / per_item['small']:.2f}")
+        print(f"{size:12} {n:9} {'rmap_list walk in-process':24} {n / rate:7.2f} {rate:10.0f}")
+    if "small" in per_item:
+        for size in per_item:
+            if size != "small":
+                print(f"check: time per item at {size} / at small = "
+                      f"{per_item[size] / per_item['small']:.2f}")
 
 
 if __name__ == "__main__":

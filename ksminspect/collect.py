@@ -18,12 +18,12 @@ import numpy as np
 
 from ksminspect.decode import (RmapItem, StableNode, record_dtype, rmap_item_fields,
                                stable_node_fields)
-from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN
+from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, item_flags
 from ksminspect.walk import BadLink, Damage, Walker, WalkDamage
 
 # Where a stable node was met (Collection.node_kind).
 TREE, CHAIN, DUP, MIGRATE = 0, 1, 2, 3
-# An rmap_item's flag bits, (raw_address >> 8) & 3 (Collection.state).
+# An rmap_item's flag bits, layout.item_flags() (Collection.state).
 NONE, UNSTABLE, STABLE, BOTH = 0, 1, 2, 3
 
 
@@ -182,7 +182,7 @@ class Collection:
     @cached_property
     def state(self) -> np.ndarray:
         """Each item row's flag bits: NONE, UNSTABLE, STABLE or BOTH."""
-        return ((self.items["raw_address"] >> 8) & 3).astype(np.uint8)
+        return item_flags(self.items["raw_address"]).astype(np.uint8)
 
     @cached_property
     def page_address(self) -> np.ndarray:
@@ -370,7 +370,7 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     _, _, walked, items = c._rmap_lists
     member = np.uint64(c.layout.rmap_item.hlist)
     order = c._walked_order
-    stable = ((items["raw_address"] >> 8) & 3) == STABLE
+    stable = item_flags(items["raw_address"]) == STABLE
     index = np.int32 if len(walked) < 2**31 else np.int64  # rows: half the memory
 
     def rows_of(pointers: np.ndarray) -> np.ndarray:

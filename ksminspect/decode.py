@@ -12,7 +12,7 @@ import operator
 import struct
 from typing import Any, NamedTuple, Optional
 
-from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, KsmLayout
+from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, KsmLayout, item_flags
 
 
 class ItemState(str, enum.Enum):
@@ -130,7 +130,7 @@ class RmapItem(NamedTuple):
 
     @property
     def state(self) -> ItemState:
-        return _STATES[(self.raw_address >> 8) & 3]  # UNSTABLE_FLAG 0x100, STABLE_FLAG 0x200
+        return _STATES[item_flags(self.raw_address)]
 
     @property
     def seqnr(self) -> int:

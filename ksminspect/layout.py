@@ -20,6 +20,14 @@ SEQNR_MASK = 0x0FF  # low bits of the unstable tree seqnr
 UNSTABLE_FLAG = 0x100  # is a node of the unstable tree
 STABLE_FLAG = 0x200  # is listed from the stable tree
 STABLE_NODE_CHAIN = -1024  # rmap_hlist_len of a chain head (v4.13)
+# The two flags as one number: 0 in no tree, 1 unstable, 2 stable, 3 both.
+assert STABLE_FLAG == UNSTABLE_FLAG << 1
+ITEM_FLAGS_SHIFT = UNSTABLE_FLAG.bit_length() - 1
+
+
+def item_flags(raw_address):  # an int, or a numpy array of them
+    """``rmap_item->address``'s UNSTABLE_FLAG and STABLE_FLAG as 0-3."""
+    return (raw_address >> ITEM_FLAGS_SHIFT) & 3
 MAX_REMAINING_SKIPS = 8  # skip_age() never returns more (v6.7)
 # page->mapping of a KSM page is its stable node with both low bits set:
 # PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE, PAGE_MAPPING_KSM (FOLIO_MAPPING_*
