@@ -360,8 +360,8 @@ class _StableTrees:
 
 def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """The stable nodes' hlists (``firsts``: each node's ``hlist.first``)
-    from the columns the rmap_list walk gathered, without a step through
-    memory per item: ``(length of each hlist, item rows in hlist order)``.
+    from the columns the rmap_list walk gathered, without reading memory
+    again: ``(length of each hlist, item rows in hlist order)``.
 
     Valid only where the hlists are plain: each leads through walked,
     STABLE_FLAG items to NULL, and no item is pointed at twice. Anything else
@@ -395,27 +395,20 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     indegree = np.bincount(np.concatenate([first[first >= 0], succ[succ >= 0]]), minlength=len(walked))
     if np.any(indegree > 1):
         return None
-    # Wyllie's list ranking: each row's distance to its hlist's tail and the tail
-    ahead = succ.copy()
-    dist = (ahead >= 0).astype(index)
-    tail = np.where(ahead < 0, np.arange(len(walked), dtype=index), index(-1))
-    for _ in range(64):
-        a = np.nonzero(ahead >= 0)[0]
-        if not len(a):
-            break
-        n = ahead[a]
-        dist[a], ahead[a], tail[a] = dist[a] + dist[n], ahead[n], np.where(ahead[n] < 0, tail[n], -1)
-    else:
-        return None  # a cycle
-    has = first >= 0
-    length = np.where(has, dist[np.maximum(first, 0)] + 1, 0)
-    node_of_tail = np.full(len(walked), -1, np.int64)
-    node_of_tail[tail[first[has]]] = np.nonzero(has)[0]
-    rows = np.nonzero(stable & (tail >= 0))[0]
-    node = node_of_tail[tail[rows]]
-    rows, node = rows[node >= 0], node[node >= 0]
-    rows = rows[np.lexsort((-dist[rows], node))]
-    return length, rows
+    # No item is pointed at twice, so no hlist can run into a cycle or into
+    # another: follow each from its first item, in the columns.
+    follow: array[int] = array("q")
+    follow.frombytes(succ.astype(np.int64).tobytes())
+    rows: array[int] = array("q")
+    append = rows.append
+    length = np.zeros(len(first), np.int64)
+    for i, r in enumerate(first.tolist()):
+        n = len(rows)
+        while r >= 0:
+            append(r)
+            r = follow[r]
+        length[i] = len(rows) - n
+    return length, np.frombuffer(rows, np.int64) if rows else np.zeros(0, np.int64)
 
 
 def walked_counts(c: Collection, chains: bool) -> dict[str, int]:

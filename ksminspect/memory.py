@@ -149,12 +149,19 @@ class KeptMemory:
             slot = np.where(kept, slots[pos], -1)
         else:
             kept, slot = np.zeros(len(addr), bool), np.full(len(addr), -1)
-        for block in range(len(self._blocks)):
-            rows = np.nonzero(kept & (slot // _BLOCK == block))[0]
-            flat = self._blocks[block].view(utype)
-            start = ((slot[rows] % _BLOCK) * CHUNK + off[rows]) // unit
+        rows = np.nonzero(kept)[0]
+        block = slot[rows] // _BLOCK
+        order = np.argsort(block, kind="stable")
+        rows, block = rows[order], block[order]
+        bounds = np.searchsorted(block, np.arange(len(self._blocks) + 1))
+        for b in range(len(self._blocks)):  # each block's rows, found once
+            these = rows[bounds[b]:bounds[b + 1]]
+            if not len(these):
+                continue
+            flat = self._blocks[b].view(utype)
+            start = ((slot[these] % _BLOCK) * CHUNK + off[these]) // unit
             for k in range(size // unit):
-                raw[rows, k] = flat[start + k]
+                raw[these, k] = flat[start + k]
         raw = out.view(np.uint8).reshape(len(addresses), size)
         for row in np.nonzero(~kept)[0]:  # across a chunk's end, or in a chunk not whole
             try:

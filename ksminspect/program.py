@@ -332,16 +332,34 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
     without a vmcoreinfo device) still holds the page the kernel filled at
     boot, KERNELOFFSET (KASLR) included on x86-64. Of several copies (a
     kernel before a kexec leaves its own), the one whose BUILD-ID is in
-    *build_ids* wins, then the first on a page boundary."""
-    found = list(_vmcoreinfo_copies(path))
+    *build_ids* wins, then the first on a page boundary.
+
+    Finding it means reading the whole dump (seconds for gigabytes), so
+    the answer is kept in the cache, keyed by the dump's path, size and
+    mtime, and by the build IDs."""
     wanted = {b"BUILD-ID=" + b.encode() + b"\n" for b in build_ids}
-    for text, _ in found:
+    try:
+        st = os.stat(path)
+        key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                             f"{sorted(wanted)}".encode()).hexdigest()[:16]
+        kept = os.path.join(cache_dir(), f"{key}-vmcoreinfo")
+        with open(kept, "rb") as f:
+            return f.read() or None
+    except OSError:
+        pass
+    found = []
+    for text, aligned in _vmcoreinfo_copies(path):
         if any(w in text for w in wanted):
-            return text
-    for text, aligned in found:
-        if aligned:
-            return text
-    return found[0][0] if found else None
+            found = [(text, True)]
+            break  # the kernel the debug info is of: no need to read on
+        found.append((text, aligned))
+    text = next((t for t, aligned in found if aligned), found[0][0] if found else None)
+    try:
+        with open(kept, "wb") as f:
+            f.write(text or b"")
+    except (OSError, NameError):
+        pass  # no cache: found again next time
+    return text
 
 
 def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:

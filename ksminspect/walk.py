@@ -131,42 +131,45 @@ class Walker:
         cmask = ~(CHUNK - 1)
         append = out.append
         damaged: list[tuple[int, Damage]] = []
-        lo, hi, words, wbase = 1, 0, None, 0  # containers lo..hi lie whole in the chunk at lo
+        # containers lo..hi lie whole in the current chunk, whose words are
+        # words[(c >> shift) + delta] for the next pointer of container c
+        lo, hi, words, delta = 1, 0, None, 0
         for index, (first, owner) in enumerate(chains):
             start = len(out)
             saved, power, steps = -1, 1, 0
-            prev, pos = owner, first
+            pos = first
             damage = None
             while pos:
                 c = pos - member
                 if c & amask:
-                    damage = Damage(walk, prev, c, "misaligned")
+                    damage = Damage(walk, out[-1] if len(out) > start else owner, c, "misaligned")
                     break
                 if lo <= c <= hi:
-                    nxt = words[wbase + ((c - lo + next_at) >> shift)]
+                    nxt = words[(c >> shift) + delta]
                 else:
                     base = c & cmask
                     got = kept.get(base) or (load(c) if c - base + size <= CHUNK else None)
                     if got is not None:
                         words, wbase = got
                         lo, hi = base, base + CHUNK - size
-                        nxt = words[wbase + ((c - lo + next_at) >> shift)]
+                        delta = wbase + ((next_at - lo) >> shift)
+                        nxt = words[(c >> shift) + delta]
                     else:  # not whole in one readable chunk: read the object alone
                         lo, hi = 1, 0
                         try:
                             nxt = unpack(self._read(c, size), next_at)[0]
                         except drgn.FaultError:
-                            damage = Damage(walk, prev, c, "fault")
+                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, "fault")
                             break
                 append(c)
                 steps += 1
                 if steps == power:
-                    saved, power = c, power * 2
+                    saved, power = c + member, power * 2
                     if power > MAX_WALK:
                         damage = Damage(walk, c, nxt, "limit")
                         break
-                prev, pos = c, nxt
-                if pos - member == saved:
+                pos = nxt
+                if pos == saved:
                     damage = self._cycle(walk, out, start, first, member, pos)
                     break
             stops.append(len(out))
