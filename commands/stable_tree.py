@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import click
 
-from .render import (emit, fail_if_walk_found_nothing, format_option, hexaddr, progress,
+from .render import (fail_if_walk_found_nothing, format_option, hexaddr, progress,
                      say_changed_while_read)
 
 
@@ -108,6 +108,24 @@ def draw(trees: dict, migrate: list, total: dict[str, int],
     click.echo(", ".join(f"{k} {v}" for k, v in total.items()))
 
 
+def _write_json(trees: dict, migrate: list, total: dict[str, int], damage: list[str]) -> None:
+    """The document json.dumps() would make of {trees, migrate_nodes, totals,
+    damage}, written a node at a time: a host's millions of sharers are
+    never one Python object and one string at once."""
+    import json
+    import sys
+
+    out = sys.stdout.write
+    out('{"trees": [')
+    for i, (n, entries) in enumerate(trees.items()):
+        out(f'{", " if i else ""}{{"nid": {json.dumps(n)}, "nodes": [')
+        for j, e in enumerate(entries):
+            out((", " if j else "") + json.dumps(node_json(e)))
+        out("]}")
+    out('], "migrate_nodes": [' + ", ".join(json.dumps(node_json(e)) for e in migrate))
+    out(f'], "totals": {json.dumps(total)}, "damage": {json.dumps(damage)}}}\n')
+
+
 @click.command("stable-tree")
 @click.option("--nid", type=int, help="Only root_stable_tree[NID].")
 @click.option("--min-sharers", type=int, default=0, help="Only pages with at least N sharers.")
@@ -150,20 +168,12 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
         damage.append(e.damage.sentence())
     shown = [e for entries in trees.values() for e in entries] + migrate
     total = totals(shown)
-    data = {
-        "trees": [{"nid": n, "nodes": [node_json(e) for e in entries]}
-                  for n, entries in trees.items()],
-        "migrate_nodes": [node_json(e) for e in migrate],
-        "totals": total,
-        "damage": damage,
-    }
-
-    def table() -> None:
+    if fmt == "json":
+        _write_json(trees, migrate, total, damage)
+    else:
         draw(trees, migrate, total, all_dups)
         for d in damage:
             click.echo(f"walk damage: {d}", err=True)
-
-    emit(fmt, data, table)
     say_changed_while_read(session(app.prog).collection.changed_while_read)
     if nid is None:
         fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))

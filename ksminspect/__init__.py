@@ -10,6 +10,9 @@ The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
   ``for_each_migrate_node()``, ``unstable_tree_roots()``,
   ``for_each_unstable_item()``
 - :class:`RmapItem`, :class:`StableNode` -- decoded records
+- :func:`collection` -- everything the walks reach, as numpy columns
+  (:class:`Collection`: item rows, stable nodes and their hlists, unstable
+  trees), read once per session
 - :func:`for_each_mm_slot` -- mm slots with owner, counters and items by state
 - :func:`for_each_stable_tree_node` -- stable trees with chains, dups, sharers
 - :func:`read_counters`, :func:`read_tunables`, :func:`walk_counts`
@@ -25,19 +28,28 @@ The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
 __version__ = "0.1.0"
 
 from ksminspect.checks import CHECKS, CheckReport, Finding, Severity, run_checks
+from ksminspect.collect import Collection
 from ksminspect.counters import read_counters, read_tunables, walk_counts
 from ksminspect.decode import ItemState, NodeKind, RmapItem, StableNode
 from ksminspect.layout import KsmLayout, get_layout
 from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_owner
 from ksminspect.program import open_program, vmcoreinfo_in_memory
 from ksminspect.scan import ScanCursor, read_scan_cursor
+from ksminspect.session import begin_session, session
 from ksminspect.stable import Sharer, StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import Damage, WalkDamage, Walker, walker
 
+
+def collection(prog, *walks: str) -> Collection:
+    """The session's :class:`Collection` of *prog*, with the rmap_lists and
+    *walks* ("stable_trees", "unstable_trees") made; call
+    :func:`begin_session` first to read a live kernel afresh."""
+    return session(prog).collect(*walks)
+
 __all__ = [
-    "CHECKS", "CheckReport", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
+    "CHECKS", "CheckReport", "Collection", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
     "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "StableNode",
-    "StableTreeNode", "WalkDamage", "Walker", "for_each_mm_slot", "for_each_stable_tree_node",
+    "StableTreeNode", "WalkDamage", "Walker", "begin_session", "collection", "for_each_mm_slot", "for_each_stable_tree_node",
     "get_layout", "mm_counters", "mm_owner", "open_program", "read_counters", "read_scan_cursor",
     "read_tunables", "run_checks", "vmcoreinfo_in_memory", "walk_counts", "walker",
 ]
