@@ -70,21 +70,24 @@ def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     def sharers(i: int) -> list[Sharer]:
         return everyone[start[i]:stop[i]]
 
-    has_nid = "nid" in nodes.rows.dtype.names
-    has_len = "rmap_hlist_len" in nodes.rows.dtype.names
+    # each column once as Python values: a host has a hundred thousand nodes
+    n = len(nodes)
+    names = nodes.rows.dtype.names
+    address, kpfns = nodes.address.tolist(), nodes.rows["kpfn"].tolist()
+    nids = nodes.rows["nid"].tolist() if "nid" in names else [None] * n
+    lens = nodes.rows["rmap_hlist_len"].tolist() if "rmap_hlist_len" in names else [None] * n
+    holds_page = nodes.holds_page.tolist()
 
     def entry(i: int, kind: NodeKind, tree_nid: Optional[int]) -> StableTreeNode:
         chain = kind == NodeKind.CHAIN
-        kpfn = int(nodes.rows["kpfn"][i])
-        e = StableTreeNode(node=int(nodes.address[i]), kind=kind, tree_nid=tree_nid,
-                           nid=int(nodes.rows["nid"][i]) if has_nid else None,
-                           kpfn=None if chain else kpfn, chain_prune_time=kpfn if chain else None,
-                           rmap_hlist_len=int(nodes.rows["rmap_hlist_len"][i]) if has_len else None)
+        e = StableTreeNode(node=address[i], kind=kind, tree_nid=tree_nid, nid=nids[i],
+                           kpfn=None if chain else kpfns[i],
+                           chain_prune_time=kpfns[i] if chain else None, rmap_hlist_len=lens[i])
         if i in nodes.damage_of:
             e.damage.append(nodes.damage_of[i])
         if chain:
             e.dups = [entry(d, NodeKind.DUP, tree_nid) for d in dups_of.get(e.node, [])]
-        elif not nodes.is_chain[i]:
+        elif holds_page[i]:
             e.sharers = sharers(i)
         return e
 
