@@ -21,10 +21,59 @@ def hexaddr(value: int | None) -> str | None:
     return None if value is None else f"{value:#x}"
 
 
-def emit_json(data: Any) -> None:
+def emit_json(data: Any, out: Callable[[str], Any] | None = None) -> None:
+    """``json.dumps(data)`` and a newline, written to *out* (stdout). A
+    :class:`JsonArray` anywhere in *data* is written an item at a time, so a
+    host's millions of items are never one Python object each and one string."""
     # Only json.dumps() without indentation takes json's C encoder: ten times
     # faster on a host's million items. Pipe through `jq .` to read it.
-    sys.stdout.write(json.dumps(data) + "\n")
+    write = out or sys.stdout.write
+    _write_json(data, write)
+    write("\n")
+
+
+class JsonArray:
+    """A JSON array given as the JSON texts of its items (an iterable, read
+    once), *count* of them."""
+
+    def __init__(self, texts: Iterable[str], count: int):
+        self.texts = texts
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _streams(value: Any) -> bool:
+    if isinstance(value, JsonArray):
+        return True
+    if isinstance(value, dict):
+        return any(_streams(v) for v in value.values())
+    # a list holds a stream only in its first items (trees: one per NUMA node)
+    return isinstance(value, list) and any(_streams(v) for v in value[:64])
+
+
+def _write_json(value: Any, write: Callable[[str], Any]) -> None:
+    if isinstance(value, JsonArray):
+        write("[")
+        for i, text in enumerate(value.texts):
+            write(", " + text if i else text)
+        write("]")
+    elif isinstance(value, dict) and _streams(value):
+        write("{")
+        for i, (k, v) in enumerate(value.items()):
+            write((", " if i else "") + json.dumps(k) + ": ")
+            _write_json(v, write)
+        write("}")
+    elif isinstance(value, list) and _streams(value):
+        write("[")
+        for i, v in enumerate(value):
+            if i:
+                write(", ")
+            _write_json(v, write)
+        write("]")
+    else:
+        write(json.dumps(value))
 
 
 def emit_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None) -> None:

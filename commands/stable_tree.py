@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import click
 
-from .render import (fail_if_walk_found_nothing, format_option, hexaddr, progress,
-                     say_changed_while_read)
+from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, hexaddr,
+                     progress, say_changed_while_read)
 
 
 def sharer_json(s) -> dict[str, Any]:
@@ -108,24 +109,6 @@ def draw(trees: dict, migrate: list, total: dict[str, int],
     click.echo(", ".join(f"{k} {v}" for k, v in total.items()))
 
 
-def _write_json(trees: dict, migrate: list, total: dict[str, int], damage: list[str]) -> None:
-    """The document json.dumps() would make of {trees, migrate_nodes, totals,
-    damage}, written a node at a time: a host's millions of sharers are
-    never one Python object and one string at once."""
-    import json
-    import sys
-
-    out = sys.stdout.write
-    out('{"trees": [')
-    for i, (n, entries) in enumerate(trees.items()):
-        out(f'{", " if i else ""}{{"nid": {json.dumps(n)}, "nodes": [')
-        for j, e in enumerate(entries):
-            out((", " if j else "") + json.dumps(node_json(e)))
-        out("]}")
-    out('], "migrate_nodes": [' + ", ".join(json.dumps(node_json(e)) for e in migrate))
-    out(f'], "totals": {json.dumps(total)}, "damage": {json.dumps(damage)}}}\n')
-
-
 @click.command("stable-tree")
 @click.option("--nid", type=int, help="Only root_stable_tree[NID].")
 @click.option("--min-sharers", type=int, default=0, help="Only pages with at least N sharers.")
@@ -169,7 +152,14 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     shown = [e for entries in trees.values() for e in entries] + migrate
     total = totals(shown)
     if fmt == "json":
-        _write_json(trees, migrate, total, damage)
+        emit_json({
+            "trees": [{"nid": n, "nodes": JsonArray((json.dumps(node_json(e)) for e in entries),
+                                                     len(entries))}
+                      for n, entries in trees.items()],
+            "migrate_nodes": [node_json(e) for e in migrate],
+            "totals": total,
+            "damage": damage,
+        })
     else:
         draw(trees, migrate, total, all_dups)
         for d in damage:
