@@ -172,6 +172,12 @@ class Collection:
         return np.argsort(self._rmap_lists[2], kind="stable")
 
     @cached_property
+    def walked_twice(self) -> bool:
+        """Some item is on the rmap_lists twice (damage: lists that cross)."""
+        walked = self._rmap_lists[2][self._walked_order]
+        return bool(np.any(walked[1:] == walked[:-1]))
+
+    @cached_property
     def run_of(self) -> np.ndarray:
         """For each walked row, the index of its run in :attr:`runs`."""
         out = np.zeros(self.walked, np.int32)

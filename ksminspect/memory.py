@@ -16,6 +16,7 @@ import numpy as np
 
 CHUNK = 4096  # bytes read at a time and kept
 _BLOCK = 2048  # chunks per kept block (8 MB)
+READAHEAD = 16  # chunks read at once where they follow a kept one
 
 
 class KeptMemory:
@@ -45,11 +46,25 @@ class KeptMemory:
         slot = self._slot.get(base)
         if slot is not None or base in self._unreadable:
             return slot
+        # A slab's pages mostly follow each other (rmap_items: 15,624 of
+        # 15,630 kept chunks next to another, on a 1M-item dump): where the
+        # chunk before is kept, read the next READAHEAD at once.
+        span = READAHEAD if base - CHUNK in self._slot else 1
         try:
-            data = self._read(base, CHUNK)
-        except Exception:  # drgn.FaultError: part of the chunk is not in the dump
-            self._unreadable.add(base)
-            return None
+            data = self._read(base, span * CHUNK)
+        except Exception:  # drgn.FaultError: part of it is not in the dump
+            span = 1
+            try:
+                data = self._read(base, CHUNK)
+            except Exception:
+                self._unreadable.add(base)
+                return None
+        for k in range(span):
+            if base + k * CHUNK not in self._slot:
+                self._store(base + k * CHUNK, np.frombuffer(data, np.uint8, CHUNK, k * CHUNK))
+        return self._slot[base]
+
+    def _store(self, base: int, data: np.ndarray) -> None:
         slot = len(self._slot)
         block, index = divmod(slot, _BLOCK)
         if block == len(self._blocks):
@@ -57,11 +72,10 @@ class KeptMemory:
             view = memoryview(self._blocks[-1])
             self._bytes.append(view)
             self._words.append(view.cast(self._word_code))
-        self._blocks[block][index * CHUNK:(index + 1) * CHUNK] = np.frombuffer(data, np.uint8)
+        self._blocks[block][index * CHUNK:(index + 1) * CHUNK] = data
         self._slot[base] = slot
         if self.native:
             self.word_chunks[base] = (self._words[block], index * (CHUNK // self.word_size))
-        return slot
 
     def chunk(self, address: int) -> Optional[tuple[memoryview, int]]:
         """``(bytes of the kept block, offset of address in it)``, or None

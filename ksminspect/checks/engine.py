@@ -159,8 +159,9 @@ def _run(prog: drgn.Program, live: bool, only: Optional[Coll[str]], attempts: in
     if {"stable_trees", "unstable_trees"} <= ctx.walks:
         c = ctx.c
         ctx.report.stats = walked_counts(c, "stable_node_chains" in ctx.counters)
-        stable = c.item_address[:c.walked][c.state[:c.walked] == STABLE]
-        ctx.report.stats["stable_items"] = len(np.unique(stable))
+        stable = c.state[:c.walked] == STABLE
+        ctx.report.stats["stable_items"] = (len(np.unique(c.item_address[:c.walked][stable]))
+                                            if c.walked_twice else int(np.count_nonzero(stable)))
     return ctx
 
 

@@ -20,9 +20,11 @@ _STATE_WORDS = {NONE: "none", UNSTABLE: "unstable", STABLE: "stable"}
 def _by_mm(ctx: Context, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """*rows* (walked, in walk order) grouped by the mm whose list holds them."""
     c = ctx.c
-    run_of = c.run_of[rows]
-    for i in np.unique(run_of):
-        yield c.runs[i].mm, rows[run_of == i]
+    run_of = c.run_of[rows]  # ascending: rows are in walk order, runs too
+    bounds = np.searchsorted(run_of, np.arange(len(c.runs) + 1))
+    for i in range(len(c.runs)):
+        if bounds[i] < bounds[i + 1]:
+            yield c.runs[i].mm, rows[bounds[i]:bounds[i + 1]]
 
 
 def _vma_of(ctx: Context, mm: int, rows: np.ndarray) -> tuple[Optional[Vmas], np.ndarray]:
