@@ -77,8 +77,8 @@ class Collection:
         except WalkDamage as e:
             head_damage = e.damage
         address = np.frombuffer(addresses, np.uint64) if addresses else np.zeros(0, np.uint64)
-        items = w.memory.gather(address, self.item_dtype)
-        w.memory.forget()  # the items are copied out: do not keep their slab pages twice
+        # the items copied out, their slab pages are not kept twice
+        items = w.memory.gather(address, self.item_dtype, consume=True)
         return runs, head_damage, address, items
 
     @property

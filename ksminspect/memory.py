@@ -131,54 +131,55 @@ class KeptMemory:
                 ok[i] = False
         return words, ok
 
-    def gather(self, addresses: np.ndarray, dtype: Any) -> np.ndarray:
+    def gather(self, addresses: np.ndarray, dtype: Any, consume: bool = False) -> np.ndarray:
         """The objects of *dtype* at *addresses* (already walked, so their
-        chunks are kept) as one structured array, in the same order."""
-        out = np.zeros(len(addresses), dtype)
-        if not len(addresses):
-            return out
+        chunks are kept) as one structured array, in the same order. With
+        *consume*, every kept chunk is forgotten, and each block freed as soon
+        as its objects are copied out: the objects are never held twice."""
+        out = np.zeros(len(addresses), dtype)  # pages of zeros cost nothing until written
         bases = np.fromiter(self._slot.keys(), np.uint64, len(self._slot))
         slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
         order = np.argsort(bases)
         bases, slots = bases[order], slots[order]
+        blocks = list(self._blocks)
+        if consume:
+            self.forget()  # the blocks are now *blocks*' alone
+        # where each object is: its chunk's slot (-1: read it alone) and offset
+        index = np.int32 if len(slots) < 2**31 else np.int64
+        slot = np.full(len(addresses), -1, index)
+        offset = np.zeros(len(addresses), np.uint16)
         step = 1 << 17  # bounded temporaries, however many objects
         for lo in range(0, len(addresses), step):
-            self._gather(addresses[lo:lo + step], out[lo:lo + step], bases, slots)
-        return out
-
-    def _gather(self, addresses: np.ndarray, out: np.ndarray, bases: np.ndarray,
-                slots: np.ndarray) -> None:
-        size = out.dtype.itemsize
+            addr = addresses[lo:lo + step].astype(np.uint64)
+            base = addr & np.uint64(~(CHUNK - 1) & (2**64 - 1))
+            off = (addr - base).astype(np.int64)
+            if len(bases):
+                pos = np.minimum(np.searchsorted(bases, base), len(bases) - 1)
+                kept = (bases[pos] == base) & (off + dtype.itemsize <= CHUNK)
+                slot[lo:lo + step] = np.where(kept, slots[pos], -1)
+            offset[lo:lo + step] = off
+        size = dtype.itemsize
         # copy in the widest unit that every object's size and place allow
         unit = next(u for u in (8, 4, 1) if size % u == 0 and not np.any(addresses % u))
         utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
         raw = out.view(utype).reshape(len(addresses), size // unit)
-        addr = addresses.astype(np.uint64)
-        base = addr & np.uint64(~(CHUNK - 1) & (2**64 - 1))
-        off = (addr - base).astype(np.int64)
-        if len(bases):
-            pos = np.searchsorted(bases, base)
-            pos[pos == len(bases)] = 0
-            kept = (bases[pos] == base) & (off + size <= CHUNK)
-            slot = np.where(kept, slots[pos], -1)
-        else:
-            kept, slot = np.zeros(len(addr), bool), np.full(len(addr), -1)
-        rows = np.nonzero(kept)[0]
-        block = slot[rows] // _BLOCK
-        order = np.argsort(block, kind="stable")
-        rows, block = rows[order], block[order]
-        bounds = np.searchsorted(block, np.arange(len(self._blocks) + 1))
-        for b in range(len(self._blocks)):  # each block's rows, found once
+        block = np.where(slot >= 0, slot // _BLOCK, len(blocks)).astype(index)
+        rows = np.argsort(block, kind="stable")
+        bounds = np.searchsorted(block[rows], np.arange(len(blocks) + 1))
+        del block
+        for b in range(len(blocks)):  # each block's objects, then the block is done
             these = rows[bounds[b]:bounds[b + 1]]
-            if not len(these):
-                continue
-            flat = self._blocks[b].view(utype)
-            start = ((slot[these] % _BLOCK) * CHUNK + off[these]) // unit
-            for k in range(size // unit):
-                raw[these, k] = flat[start + k]
+            if len(these):
+                flat = blocks[b].view(utype)
+                start = ((slot[these] % _BLOCK).astype(np.int64) * CHUNK + offset[these]) // unit
+                for k in range(size // unit):
+                    raw[these, k] = flat[start + k]
+            if consume:
+                blocks[b] = None
         raw = out.view(np.uint8).reshape(len(addresses), size)
-        for row in np.nonzero(~kept)[0]:  # across a chunk's end, or in a chunk not whole
+        for row in rows[bounds[-1]:]:  # across a chunk's end, or in a chunk not whole
             try:
-                raw[row] = np.frombuffer(self._read(int(addr[row]), size), np.uint8)
+                raw[row] = np.frombuffer(self._read(int(addresses[row]), size), np.uint8)
             except Exception:
                 pass  # walked, so readable; a moving live kernel may differ: zeros
+        return out
