@@ -41,9 +41,10 @@ for size in "${sizes[@]}"; do
     python3 "$vmcores/scripts/make-dump.py" --kernel "$kernel" \
         --initrd "$BENCH/init.cpio.gz" --out "$BENCH/$size" --memory "$memory" \
         --timeout 7200 --append "$(echo $work $common)" </dev/null  # the first ksmw.X= wins
-    if [ "$size" = distro-large ]; then  # benchmarks/run.py takes its debug info from here
+    if [ "$size" = distro-large ]; then  # benchmarks/run.py: its debug info, its memory floor
         python3 -c "import json,sys; t=json.load(open(sys.argv[1])); t['debug']=sys.argv[2]; \
-json.dump(t, open(sys.argv[1], 'w'), indent=1)" "$BENCH/$size/truth.json" "$DISTRO/vmlinux"
+t['floor']=sys.argv[3]; json.dump(t, open(sys.argv[1], 'w'), indent=1)" \
+            "$BENCH/$size/truth.json" "$DISTRO/vmlinux" "$DISTRO/vmcore"
     fi
     echo "$size: $(( $(date +%s) - start )) s, $(python3 -c "import json,sys; \
 t=json.load(open(sys.argv[1])); print(t['sysfs']['pages_shared'], 'shared', \
