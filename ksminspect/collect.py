@@ -16,8 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ksminspect.decode import (RmapItem, StableNode, record_dtype, rmap_item_fields,
-                               stable_node_fields)
+from ksminspect.decode import record_dtype, rmap_item_fields, stable_node_fields
 from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, item_flags
 from ksminspect.walk import BadLink, Damage, Walker, WalkDamage
 
@@ -198,10 +197,6 @@ class Collection:
     def seqnr(self) -> np.ndarray:
         return (self.items["raw_address"] & SEQNR_MASK).astype(np.int64)
 
-    def item(self, row: int) -> RmapItem:
-        """One row as a decoded record, for a finding's words."""
-        return self.w.decode_rmap_item(int(self.item_address[row]), self.items[row:row + 1].tobytes(), 0)
-
     # -- stable trees ----------------------------------------------------
 
     @cached_property
@@ -286,9 +281,8 @@ class _StableTrees:
                                    np.full(len(migrate), -1, np.int64)])
         self.chain = np.zeros(len(self.address), np.uint64)
         self.chain[n_tree:n_tree + n_dup] = np.repeat(self.address[chains], per_chain)
-        self.rows = w.memory.gather(self.address, c.node_dtype)
+        self.rows = np.concatenate([rows, w.memory.gather(self.address[n_tree:], c.node_dtype)])
         self._layout = lay
-        self._decode = w.decode_stable_node
         self._dup_pprev_links(c, np.array(dups, np.uint64), per_chain, chains)
         # each page node's rmap_items: hlist_for_each_entry(item, &node->hlist, hlist)
         holds = np.nonzero(self.holds_page)[0]
@@ -359,10 +353,6 @@ class _StableTrees:
         """The nodes that hold a KSM page: all but chains."""
         return ~self.is_chain
 
-    def node(self, i: int) -> StableNode:
-        """One node as a decoded record, for a finding's words."""
-        return self._decode(int(self.address[i]), self.rows[i:i + 1].tobytes(), 0)
-
 
 def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """The stable nodes' hlists (``firsts``: each node's ``hlist.first``)
@@ -376,7 +366,7 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     _, _, walked, items = c._rmap_lists
     member = np.uint64(c.layout.rmap_item.hlist)
     order = c._walked_order
-    stable = item_flags(items["raw_address"]) == STABLE
+    stable = c.state[:len(walked)] == STABLE
     index = np.int32 if len(walked) < 2**31 else np.int64  # rows: half the memory
 
     def rows_of(pointers: np.ndarray) -> np.ndarray:

@@ -91,14 +91,8 @@ class KeptMemory:
         """``(words of the kept block, index of the word at the chunk's
         start)`` for the chunk holding *address*; None where it cannot be read
         whole or words cannot be cast natively."""
-        if not self.native:
-            return None
         base = address & ~(CHUNK - 1)
-        slot = self._load(base)
-        if slot is None:
-            return None
-        block, index = divmod(slot, _BLOCK)
-        return self._words[block], index * (CHUNK // self.word_size)
+        return self.word_chunks.get(base) if self._load(base) is not None else None
 
     def forget(self) -> None:
         """Drop every kept chunk (what was gathered is copied out): memory
@@ -121,8 +115,8 @@ class KeptMemory:
         order = "<" if self.little_endian else ">"
         dtype = np.dtype({"names": ["word"], "formats": [f"{order}u{self.word_size}"], "offsets": [0],
                           "itemsize": self.word_size})
-        words = self.gather(np.where(in_kept, addresses, np.uint64(0)), dtype)["word"].astype(np.uint64)
-        words[~in_kept] = 0
+        words = np.zeros(len(addresses), np.uint64)
+        words[in_kept] = self.gather(addresses[in_kept], dtype)["word"]
         for i in np.nonzero(ok & ~in_kept)[0]:  # in a chunk not wholly in the dump: the word alone
             try:
                 words[i] = int.from_bytes(self._read(int(addresses[i]), self.word_size),
