@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .render import JsonArray, emit, emit_json, emit_table, format_option, hexaddr
+from .render import JsonArray, emit, emit_json, emit_table, format_option, json_int
 
 SNAPSHOT_VERSION = 1
 
@@ -29,6 +29,8 @@ def take_snapshot(app) -> dict[str, Any]:
     from .check import finding_json
     from .mm import cursor_json, mm_slot_json
 
+    import numpy as np
+
     prog = app.prog
     cursor = read_scan_cursor(prog)
     damage: list[str] = []
@@ -45,22 +47,28 @@ def take_snapshot(app) -> dict[str, Any]:
     def item_texts():
         """Each item's JSON, as json.dumps() writes {item, pid, comm, mm,
         page_address, state}: a million items are no million dicts."""
+        state_words = np.array(words, object)
         for run in c.runs:
             owner = mm_owner(prog, run.mm)
-            who = f'"pid": {json.dumps(owner.pid)}, "comm": {json.dumps(owner.comm)}'
+            item = (f'{{"item": "%#x", "pid": {json_int(owner.pid)}, "comm": {json.dumps(owner.comm)}, '
+                    f'"mm": "%#x", "page_address": "%#x", "state": "%s"}}')
             rows = slice(run.start, run.stop)
-            for a, mm, p, st in zip(c.item_address[rows].tolist(), c.items["mm"][rows].tolist(),
-                                    c.page_address[rows].tolist(), c.state[rows].tolist()):
-                yield (f'{{"item": "{a:#x}", {who}, "mm": "{mm:#x}", "page_address": "{p:#x}", '
-                       f'"state": "{words[st]}"}}')
+            yield from map(item.__mod__, zip(c.item_address[rows].tolist(), c.items["mm"][rows].tolist(),
+                                             c.page_address(rows).tolist(),
+                                             state_words[c.state[rows]].tolist()))
+
+    def page_text(p) -> str:
+        """A stable page: {node, kind, kpfn, sharers: [[pid, page_address]...]}."""
+        _, _, pids, _, addresses, _ = p.sharers.columns()
+        sharers = ", ".join(map('[%s, "%#x"]'.__mod__, zip(map(json_int, pids), addresses)))
+        return (f'{{"node": "{p.node:#x}", "kind": "{p.kind.value}", "kpfn": {json_int(p.kpfn)}, '
+                f'"sharers": [{sharers}]}}')
 
     items = JsonArray(item_texts(), c.walked)
     pages = []
     try:
         for e in for_each_stable_tree_node(prog):
-            for p in e.dups or [e]:
-                pages.append({"node": hexaddr(p.node), "kind": p.kind.value, "kpfn": p.kpfn,
-                              "sharers": [[s.pid, hexaddr(s.page_address)] for s in p.sharers]})
+            pages.extend(e.dups or [e])
     except WalkDamage as e:
         damage.append(e.damage.sentence())
     report = check_live(prog) if app.live else run_checks(prog)
@@ -74,7 +82,7 @@ def take_snapshot(app) -> dict[str, Any]:
         "cursor": cursor_json(prog, cursor),
         "mm_slots": slots,
         "items": items,
-        "stable_pages": pages,
+        "stable_pages": JsonArray(map(page_text, pages), len(pages)),
         "findings": [finding_json(f) for f in report.findings],
         "damage": damage,
     }

@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Optional
+
+from ksminspect.decode import NodeKind
 
 import click
 
-from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, hexaddr,
+from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, json_int,
                      progress, say_changed_while_read)
 
 
-def sharer_json(s) -> dict[str, Any]:
-    # a million of these: the hex strings made here, as hexaddr() would
-    return {"item": f"{s.item:#x}", "mm": f"{s.mm:#x}", "pid": s.pid, "comm": s.comm,
-            "page_address": f"{s.page_address:#x}", "state": s.state}
+# A sharer as json.dumps() writes it, made from the columns: a host has a
+# million sharers, and dicts would cost more than the whole walk.
+_SHARER = '{"item": "%#x", "mm": "%#x", %s, "page_address": "%#x", "state": "%s"}'
+
+
+@lru_cache(maxsize=None)
+def _owner_text(pid: Optional[int], comm: Optional[str]) -> str:
+    return f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'
+
+
+def sharers_text(sharers) -> str:
+    """The JSON texts of a node's :class:`~ksminspect.stable.Sharers`, comma-separated."""
+    items, mms, pids, comms, pages, states = sharers.columns()
+    return ", ".join(map(_SHARER.__mod__, zip(items, mms, map(_owner_text, pids, comms), pages, states)))
+
+
+def node_text(e) -> str:
+    """A stable tree entry as JSON text: the one definition of its keys."""
+    chain = e.kind is NodeKind.CHAIN
+    return (f'{{"node": "{e.node:#x}", "kind": "{e.kind.value}", "tree_nid": {json_int(e.tree_nid)}, '
+            f'"nid": {"null" if chain else json_int(e.nid)}, '
+            f'"kpfn": {json_int(e.kpfn)}, "rmap_hlist_len": {json_int(e.rmap_hlist_len)}, '
+            f'"sharers": [{sharers_text(e.sharers) if e.sharers else ""}], '
+            f'"dups": [{", ".join(map(node_text, e.dups))}], '
+            f'"damage": {json.dumps([d.sentence() for d in e.damage]) if e.damage else "[]"}'
+            + (f', "chain_prune_time": {e.chain_prune_time}}}' if e.chain_prune_time is not None else "}"))
 
 
 def node_json(e) -> dict[str, Any]:
-    out = {
-        "node": hexaddr(e.node),
-        "kind": e.kind.value,
-        "tree_nid": e.tree_nid,
-        "nid": None if e.kind.value == "chain" else e.nid,
-        "kpfn": e.kpfn,
-        "rmap_hlist_len": e.rmap_hlist_len,
-        "sharers": [sharer_json(s) for s in e.sharers],
-        "dups": [node_json(d) for d in e.dups],
-        "damage": [d.sentence() for d in e.damage],
-    }
-    if e.chain_prune_time is not None:
-        out["chain_prune_time"] = e.chain_prune_time
-    return out
+    return json.loads(node_text(e))
 
 
 def _keep(e, min_sharers: int, pid: Optional[int]) -> bool:
@@ -153,8 +165,7 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     total = totals(shown)
     if fmt == "json":
         emit_json({
-            "trees": [{"nid": n, "nodes": JsonArray((json.dumps(node_json(e)) for e in entries),
-                                                     len(entries))}
+            "trees": [{"nid": n, "nodes": JsonArray(map(node_text, entries), len(entries))}
                       for n, entries in trees.items()],
             "migrate_nodes": [node_json(e) for e in migrate],
             "totals": total,

@@ -36,7 +36,7 @@ from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_own
 from ksminspect.program import open_program, vmcoreinfo_in_memory
 from ksminspect.scan import ScanCursor, read_scan_cursor
 from ksminspect.session import begin_session, session
-from ksminspect.stable import Sharer, StableTreeNode, for_each_stable_tree_node
+from ksminspect.stable import Sharer, Sharers, StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import Damage, WalkDamage, Walker, walker
 
 
@@ -48,7 +48,7 @@ def collection(prog, *walks: str) -> Collection:
 
 __all__ = [
     "CHECKS", "CheckReport", "Collection", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
-    "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "StableNode",
+    "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "Sharers", "StableNode",
     "StableTreeNode", "WalkDamage", "Walker", "begin_session", "collection", "for_each_mm_slot", "for_each_stable_tree_node",
     "get_layout", "mm_counters", "mm_owner", "open_program", "read_counters", "read_scan_cursor",
     "read_tunables", "run_checks", "vmcoreinfo_in_memory", "walk_counts", "walker",

@@ -48,10 +48,17 @@ class Collection:
     def __init__(self, w: Walker):
         self.w = w
         self.layout = w.layout
-        self.item_dtype = record_dtype(self.layout, rmap_item_fields(self.layout),
-                                       self.layout.rmap_item.size)
-        self.node_dtype = record_dtype(self.layout, stable_node_fields(self.layout),
-                                       self.layout.stable_node.size)
+        lay = self.layout
+        fields = rmap_item_fields(lay)
+        # rmap_list, first in every layout, is what the walk followed: not kept
+        self.item_start = min(off for name, (off, _, _) in fields.items()
+                              if off is not None and name != "rmap_list")
+        self.item_dtype = record_dtype(lay, fields, lay.rmap_item.size, self.item_start)
+        fields = stable_node_fields(lay)
+        if lay.stable_node.hlist_dup is not None:  # v4.13: a dup's back link
+            fields["hlist_dup_pprev"] = (lay.stable_node.hlist_dup + lay.pointer_size,
+                                         lay.pointer_size, False)
+        self.node_dtype = record_dtype(lay, fields, lay.stable_node.size)
         # walk damage met by the tree walks, in walk order
         self.tree_damage: list[Damage] = []
         # live kernel: walks that met lists changing under them (see set_aside())
@@ -77,7 +84,7 @@ class Collection:
             head_damage = e.damage
         address = np.frombuffer(addresses, np.uint64) if addresses else np.zeros(0, np.uint64)
         # the items copied out, their slab pages are not kept twice
-        items = w.memory.gather(address, self.item_dtype, consume=True)
+        items = w.memory.gather(address, self.item_dtype, consume=True, at=self.item_start)
         return runs, head_damage, address, items
 
     @property
@@ -141,7 +148,8 @@ class Collection:
         if self._extra:
             extra = np.frombuffer(self._extra, np.uint64).copy()
             address = np.concatenate([address, extra])
-            items = np.concatenate([items, self.w.memory.gather(extra, self.item_dtype)])
+            items = np.concatenate([items, self.w.memory.gather(extra, self.item_dtype,
+                                                                at=self.item_start)])
         return address, items
 
     def _rows_of(self, addresses: np.ndarray) -> np.ndarray:
@@ -162,13 +170,15 @@ class Collection:
                 self._extra.append(a)
             rows[i] = row
         if "_items_all" in self.__dict__ and self._gathered_extra != len(self._extra):
-            for column in ("_items_all", "state", "page_address", "seqnr"):
+            for column in ("_items_all", "state", "seqnr"):
                 self.__dict__.pop(column, None)  # gathered again, with the new rows
         return rows
 
     @cached_property
     def _walked_order(self) -> np.ndarray:
-        return np.argsort(self._rmap_lists[2], kind="stable")
+        """The walked rows in address order: to find a pointer's row."""
+        walked = self._rmap_lists[2]
+        return np.argsort(walked, kind="stable").astype(row_type(len(walked)))
 
     @cached_property
     def walked_twice(self) -> bool:
@@ -177,25 +187,18 @@ class Collection:
         return bool(np.any(walked[1:] == walked[:-1]))
 
     @cached_property
-    def run_of(self) -> np.ndarray:
-        """For each walked row, the index of its run in :attr:`runs`."""
-        out = np.zeros(self.walked, np.int32)
-        for i, r in enumerate(self.runs):
-            out[r.start:r.stop] = i
-        return out
-
-    @cached_property
     def state(self) -> np.ndarray:
         """Each item row's flag bits: NONE, UNSTABLE, STABLE or BOTH."""
         return item_flags(self.items["raw_address"]).astype(np.uint8)
 
-    @cached_property
-    def page_address(self) -> np.ndarray:
-        return self.items["raw_address"] & np.uint64(self.layout.page_mask)
+    def page_address(self, rows) -> np.ndarray:
+        """The page address of each of *rows* (an index, slice or mask)."""
+        return self.items["raw_address"][rows] & np.uint64(self.layout.page_mask)
 
     @cached_property
     def seqnr(self) -> np.ndarray:
-        return (self.items["raw_address"] & SEQNR_MASK).astype(np.int64)
+        """Each item row's seqnr: the low byte of its address."""
+        return (self.items["raw_address"] & SEQNR_MASK).astype(np.uint8)
 
     # -- stable trees ----------------------------------------------------
 
@@ -227,6 +230,11 @@ class Collection:
             except WalkDamage as e:
                 self.tree_damage.append(e.damage)
         return (self._rows_of(np.array(addresses, np.uint64)), np.array(nids, np.int64))
+
+
+def row_type(n: int) -> type:
+    """The narrowest index type for *n* rows: a million rows of int32 are 4 MB."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 class _StableTrees:
@@ -281,16 +289,17 @@ class _StableTrees:
                                    np.full(len(migrate), -1, np.int64)])
         self.chain = np.zeros(len(self.address), np.uint64)
         self.chain[n_tree:n_tree + n_dup] = np.repeat(self.address[chains], per_chain)
-        self.rows = np.concatenate([rows, w.memory.gather(self.address[n_tree:], c.node_dtype)])
-        self._layout = lay
-        self._dup_pprev_links(c, np.array(dups, np.uint64), per_chain, chains)
+        # every node at once; the chunks they were read from are then let go
+        self.rows = w.memory.gather(self.address, c.node_dtype, consume=True)
+        self._c = c
+        self._dup_pprev_links(self.address[n_tree:n_tree + n_dup],
+                              self.rows[n_tree:n_tree + n_dup], per_chain, chains)
         # each page node's rmap_items: hlist_for_each_entry(item, &node->hlist, hlist)
         holds = np.nonzero(self.holds_page)[0]
         self.hlist_len = np.zeros(len(self.address), np.int64)
         ranked = _rank_hlists(c, self.rows["hlist_first"][holds])
         if ranked is not None:
             self.hlist_len[holds], self.hlist_rows = ranked
-            self.hlist_address = c._rmap_lists[2][self.hlist_rows]
         else:  # something is odd: walk each hlist through memory, as the kernel would
             items: array[int] = array("Q")
             stops: array[int] = array("q")
@@ -301,38 +310,40 @@ class _StableTrees:
                 c.tree_damage.append(damage)
                 self.damage_of[int(holds[i])] = damage
             self.hlist_len[holds] = np.diff(np.concatenate([[0], np.array(stops, np.int64)]))
-            self.hlist_address = np.array(items, np.uint64)
-            self.hlist_rows = c._rows_of(self.hlist_address)
+            self.hlist_rows = c._rows_of(np.array(items, np.uint64)).astype(row_type(len(c.item_address)))
         self.hlist_stop = np.cumsum(self.hlist_len)
         self.hlist_start = self.hlist_stop - self.hlist_len
         # which node each hlist entry is on
-        self.hlist_node = np.repeat(np.arange(len(self.address)), self.hlist_len)
+        self.hlist_node = np.repeat(np.arange(len(self.address), dtype=row_type(len(self.address))),
+                                    self.hlist_len)
 
-    def _dup_pprev_links(self, c: Collection, dups: np.ndarray, per_chain: np.ndarray,
+    @property
+    def hlist_address(self) -> np.ndarray:
+        """The address of each hlist entry's item."""
+        return self._c.item_address[self.hlist_rows]
+
+    def _dup_pprev_links(self, dups: np.ndarray, rows: np.ndarray, per_chain: np.ndarray,
                          chains: np.ndarray) -> None:
         """Each dup's hlist_dup.pprev points where the walk came from."""
-        lay = c.layout
+        lay = self._c.layout
         if not len(dups):
             return
-        member, ptr = lay.stable_node.hlist_dup, lay.pointer_size
-        order = "<" if lay.little_endian else ">"
-        pprev = c.w.memory.gather(dups, np.dtype({"names": ["pprev"], "formats": [f"{order}u{ptr}"],
-                                                  "offsets": [member + ptr],
-                                                  "itemsize": c.node_dtype.itemsize}))["pprev"]
+        member = lay.stable_node.hlist_dup
+        pprev = rows["hlist_dup_pprev"]
         expected = np.zeros(len(dups), np.uint64)
         expected[1:] = dups[:-1] + np.uint64(member)
         starts = np.cumsum(per_chain) - per_chain
         has = per_chain > 0
         expected[starts[has]] = self.address[chains[has]] + np.uint64(lay.stable_node.hlist)
         for i in np.nonzero(pprev != expected)[0]:
-            c.w._bad_link(BadLink("chain", int(dups[i]), "hlist_node.pprev", int(pprev[i]),
+            self._c.w._bad_link(BadLink("chain", int(dups[i]), "hlist_node.pprev", int(pprev[i]),
                                   int(expected[i])))
 
     def hlist_pprev_expected(self) -> np.ndarray:
         """For each hlist entry, what its item's ``hlist.pprev`` must hold:
         where the walk came from (the node's hlist head, or the item before)."""
-        lay = self._layout
-        expected = np.zeros(len(self.hlist_address), np.uint64)
+        lay = self._c.layout
+        expected = np.zeros(len(self.hlist_rows), np.uint64)
         expected[1:] = self.hlist_address[:-1] + np.uint64(lay.rmap_item.hlist)
         has = self.hlist_len > 0
         expected[self.hlist_start[has]] = self.address[has] + np.uint64(lay.stable_node.hlist)
@@ -366,8 +377,9 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     _, _, walked, items = c._rmap_lists
     member = np.uint64(c.layout.rmap_item.hlist)
     order = c._walked_order
+    ordered = walked[order]
     stable = c.state[:len(walked)] == STABLE
-    index = np.int32 if len(walked) < 2**31 else np.int64  # rows: half the memory
+    index = row_type(len(walked))
 
     def rows_of(pointers: np.ndarray) -> np.ndarray:
         """Walked STABLE rows at pointer - member; -1 for NULL, -2 for none."""
@@ -377,8 +389,7 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
             out[live] = -2
             return out
         target = pointers[live] - member
-        pos = np.minimum(np.searchsorted(walked[order], target), len(walked) - 1)
-        row = order[pos]
+        row = order[np.minimum(np.searchsorted(ordered, target), len(walked) - 1)]
         ok = (walked[row] == target) & stable[row]
         out[np.nonzero(live)[0]] = np.where(ok, row, -2)
         return out
@@ -388,14 +399,15 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     succ[stable] = rows_of(items["hlist_next"][stable])
     if np.any(first == -2) or np.any(succ == -2):
         return None
-    indegree = np.bincount(np.concatenate([first[first >= 0], succ[succ >= 0]]), minlength=len(walked))
-    if np.any(indegree > 1):
+    targets = np.sort(np.concatenate([first[first >= 0], succ[succ >= 0]]))
+    if np.any(targets[1:] == targets[:-1]):  # an item pointed at twice
         return None
+    del targets
     # No item is pointed at twice, so no hlist can run into a cycle or into
     # another: follow each from its first item, in the columns.
-    follow: array[int] = array("q")
-    follow.frombytes(succ.astype(np.int64).tobytes())
-    rows: array[int] = array("q")
+    follow = memoryview(succ)  # indexed without a Python int per row made in advance
+    typecode = "i" if index is np.int32 else "q"
+    rows: array[int] = array(typecode)
     append = rows.append
     length = np.zeros(len(first), np.int64)
     for i, r in enumerate(first.tolist()):
@@ -404,7 +416,7 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
             append(r)
             r = follow[r]
         length[i] = len(rows) - n
-    return length, np.frombuffer(rows, np.int64) if rows else np.zeros(0, np.int64)
+    return length, np.frombuffer(rows, index) if rows else np.zeros(0, index)
 
 
 def walked_counts(c: Collection, chains: bool) -> dict[str, int]:

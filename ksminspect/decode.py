@@ -236,18 +236,19 @@ def stable_node_fields(layout: KsmLayout) -> dict[str, tuple[Optional[int], int,
 
 
 def record_dtype(layout: KsmLayout, fields: dict[str, tuple[Optional[int], int, bool]],
-                 size: int) -> Any:
-    """A numpy structured dtype over whole objects of *size* bytes: the same
-    fields as the decoders, overlapping where the kernel's unions do."""
+                 size: int, start: int = 0) -> Any:
+    """A numpy structured dtype over bytes *start*:*size* of each object: the
+    same fields as the decoders (those from *start* on), overlapping where
+    the kernel's unions do."""
     import numpy as np
 
     order = "<" if layout.little_endian else ">"
-    present = {n: f for n, f in fields.items() if f[0] is not None}
+    present = {n: f for n, f in fields.items() if f[0] is not None and f[0] >= start}
     return np.dtype({"names": list(present),
                      "formats": [f"{order}{'i' if signed else 'u'}{size_}"
                                  for _, size_, signed in present.values()],
-                     "offsets": [off for off, _, _ in present.values()],
-                     "itemsize": size})
+                     "offsets": [off - start for off, _, _ in present.values()],
+                     "itemsize": size - start})
 
 
 class RmapItemDecoder:

@@ -104,19 +104,21 @@ class KeptMemory:
 
     def read_words(self, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(word at each address, whether it could be read)``: the chunks
-        are read once each, however many of the addresses they hold."""
+        are read once each, however many of the addresses they hold, and
+        not kept (a struct page each, say: no walk comes back to them)."""
+        scratch = KeptMemory(self._read, self.word_size, self.little_endian)
         ok = (addresses % np.uint64(self.word_size)) == 0
         bases = np.unique(addresses[ok] & np.uint64(~(CHUNK - 1) & (2**64 - 1)))
         for base in bases.tolist():
-            self._load(base)
-        kept = np.array(sorted(self._slot), np.uint64)
+            scratch._load(base)
+        kept = np.array(sorted(scratch._slot), np.uint64)
         base = addresses & np.uint64(~(CHUNK - 1) & (2**64 - 1))
         in_kept = ok & np.isin(base, kept)
         order = "<" if self.little_endian else ">"
         dtype = np.dtype({"names": ["word"], "formats": [f"{order}u{self.word_size}"], "offsets": [0],
                           "itemsize": self.word_size})
         words = np.zeros(len(addresses), np.uint64)
-        words[in_kept] = self.gather(addresses[in_kept], dtype)["word"]
+        words[in_kept] = scratch.gather(addresses[in_kept], dtype, consume=True)["word"]
         for i in np.nonzero(ok & ~in_kept)[0]:  # in a chunk not wholly in the dump: the word alone
             try:
                 words[i] = int.from_bytes(self._read(int(addresses[i]), self.word_size),
@@ -125,11 +127,12 @@ class KeptMemory:
                 ok[i] = False
         return words, ok
 
-    def gather(self, addresses: np.ndarray, dtype: Any, consume: bool = False) -> np.ndarray:
+    def gather(self, addresses: np.ndarray, dtype: Any, consume: bool = False, at: int = 0) -> np.ndarray:
         """The objects of *dtype* at *addresses* (already walked, so their
-        chunks are kept) as one structured array, in the same order. With
-        *consume*, every kept chunk is forgotten, and each block freed as soon
-        as its objects are copied out: the objects are never held twice."""
+        chunks are kept) as one structured array, in the same order; *at*:
+        the dtype covers each object from that byte on. With *consume*, every
+        kept chunk is forgotten, and each block freed as soon as its objects
+        are copied out: the objects are never held twice."""
         out = np.zeros(len(addresses), dtype)  # pages of zeros cost nothing until written
         bases = np.fromiter(self._slot.keys(), np.uint64, len(self._slot))
         slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
@@ -142,9 +145,11 @@ class KeptMemory:
         index = np.int32 if len(slots) < 2**31 else np.int64
         slot = np.full(len(addresses), -1, index)
         offset = np.zeros(len(addresses), np.uint16)
-        step = 1 << 17  # bounded temporaries, however many objects
+        step = 1 << 14  # bounded temporaries, however many objects
+        low_bits = 0  # of any address: how wide a unit each copy can take
         for lo in range(0, len(addresses), step):
-            addr = addresses[lo:lo + step].astype(np.uint64)
+            addr = addresses[lo:lo + step].astype(np.uint64) + np.uint64(at)
+            low_bits |= int(np.bitwise_or.reduce(addr & np.uint64(7))) if len(addr) else 0
             base = addr & np.uint64(~(CHUNK - 1) & (2**64 - 1))
             off = (addr - base).astype(np.int64)
             if len(bases):
@@ -154,26 +159,26 @@ class KeptMemory:
             offset[lo:lo + step] = off
         size = dtype.itemsize
         # copy in the widest unit that every object's size and place allow
-        unit = next(u for u in (8, 4, 1) if size % u == 0 and not np.any(addresses % u))
+        unit = next(u for u in (8, 4, 1) if size % u == 0 and low_bits % u == 0)
         utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
         raw = out.view(utype).reshape(len(addresses), size // unit)
         block = np.where(slot >= 0, slot // _BLOCK, len(blocks)).astype(index)
-        rows = np.argsort(block, kind="stable")
+        rows = np.argsort(block, kind="stable").astype(index)
         bounds = np.searchsorted(block[rows], np.arange(len(blocks) + 1))
         del block
         for b in range(len(blocks)):  # each block's objects, then the block is done
-            these = rows[bounds[b]:bounds[b + 1]]
-            if len(these):
-                flat = blocks[b].view(utype)
+            flat = blocks[b].view(utype)
+            for lo in range(bounds[b], bounds[b + 1], step):
+                these = rows[lo:min(lo + step, bounds[b + 1])]
                 start = ((slot[these] % _BLOCK).astype(np.int64) * CHUNK + offset[these]) // unit
                 for k in range(size // unit):
                     raw[these, k] = flat[start + k]
             if consume:
-                blocks[b] = None
+                blocks[b] = flat = None
         raw = out.view(np.uint8).reshape(len(addresses), size)
         for row in rows[bounds[-1]:]:  # across a chunk's end, or in a chunk not whole
             try:
-                raw[row] = np.frombuffer(self._read(int(addresses[row]), size), np.uint8)
+                raw[row] = np.frombuffer(self._read(int(addresses[row]) + at, size), np.uint8)
             except Exception:
                 pass  # walked, so readable; a moving live kernel may differ: zeros
         return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from array import array
+from typing import Iterator, Optional, Sequence
 
 import drgn
 from drgn.helpers.linux.slab import (
@@ -19,7 +20,7 @@ KSM_CACHES = ("ksm_rmap_item", "ksm_stable_node", "ksm_mm_slot")
 
 
 def allocated_objects(prog: drgn.Program, layout: KsmLayout
-                      ) -> Iterator[tuple[str, str, Optional[list[int]]]]:
+                      ) -> Iterator[tuple[str, str, Optional[Sequence[int]]]]:
     """``(cache name, struct tag, addresses)`` per KSM cache; addresses is None
     when SLUB merged the cache into another (objects cannot be told apart)."""
     types = (layout.rmap_item.type_name, layout.stable_node.type_name, layout.mm_slot.type_name)
@@ -34,5 +35,5 @@ def allocated_objects(prog: drgn.Program, layout: KsmLayout
                     aliases = {}
             yield aliases.get(name, name), tag, None
             continue
-        yield name, tag, [obj.value_() for obj in
-                          slab_cache_for_each_allocated_object(cache, "void")]
+        yield name, tag, array("Q", (obj.value_() for obj in
+                                     slab_cache_for_each_allocated_object(cache, "void")))

@@ -3,8 +3,9 @@ and the nodes waiting on ``migrate_nodes``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Union
 
 import drgn
 import numpy as np
@@ -27,6 +28,38 @@ class Sharer(NamedTuple):
     state: str  # "stable" on a healthy KSM
 
 
+class Sharers(Sequence):
+    """A stable node's sharers: its stretch of columns that every node of one
+    walk shares (item, mm, pid, comm, page_address, state). A host has a
+    million sharers: :class:`Sharer` tuples are made only when read one by one."""
+
+    __slots__ = ("_columns", "_start", "_stop")
+
+    def __init__(self, columns: tuple[list, ...] = ((),) * 6, start: int = 0, stop: int = 0):
+        self._columns, self._start, self._stop = columns, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __iter__(self) -> Iterator[Sharer]:
+        return map(Sharer, *self.columns())
+
+    def __getitem__(self, i: Union[int, slice]):  # type: ignore[override]
+        if isinstance(i, slice):
+            return list(self)[i]
+        if not -len(self) <= i < len(self):
+            raise IndexError("sharer index out of range")
+        at = self._start + i % len(self)
+        return Sharer(*(column[at] for column in self._columns))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def columns(self) -> tuple[list, ...]:
+        """``(items, mms, pids, comms, page_addresses, states)``, one list each."""
+        return tuple(column[self._start:self._stop] for column in self._columns)
+
+
 @dataclass
 class StableTreeNode:
     """A stable node, chain or dup, decoded with its sharers or dups."""
@@ -38,7 +71,7 @@ class StableTreeNode:
     kpfn: Optional[int]  # None for a chain head (the field is chain_prune_time)
     chain_prune_time: Optional[int]
     rmap_hlist_len: Optional[int]
-    sharers: list[Sharer] = field(default_factory=list)
+    sharers: Sharers = field(default_factory=Sharers)
     dups: list["StableTreeNode"] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
 
@@ -55,20 +88,21 @@ def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     entry; damage to one entry's hlist or dups is in its ``damage``."""
     c = session(prog).collect("stable_trees")
     nodes = c.nodes
-    item_address, page_address = c.item_address, c.page_address
+    item_address = c.item_address
     state, mm_of = c.state, c.items["mm"]
     words = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
 
-    # every sharer once, as Python values; each node takes its stretch
+    # every sharer once, as columns of Python values; each node takes its stretch
     rows = nodes.hlist_rows
-    owner_of = {mm: mm_owner(prog, mm) for mm in np.unique(mm_of[rows]).tolist()}
-    everyone = [Sharer(item, mm, owner_of[mm].pid, owner_of[mm].comm, page, words[st])
-                for item, mm, page, st in zip(item_address[rows].tolist(), mm_of[rows].tolist(),
-                                              page_address[rows].tolist(), state[rows].tolist())]
+    mms = mm_of[rows].tolist()
+    owner_of = {mm: mm_owner(prog, mm) for mm in set(mms)}
+    everyone = (item_address[rows].tolist(), mms, [owner_of[mm].pid for mm in mms],
+                [owner_of[mm].comm for mm in mms], c.page_address(rows).tolist(),
+                [words[st] for st in state[rows].tolist()])
     start, stop = nodes.hlist_start.tolist(), nodes.hlist_stop.tolist()
 
-    def sharers(i: int) -> list[Sharer]:
-        return everyone[start[i]:stop[i]]
+    def sharers(i: int) -> Sharers:
+        return Sharers(everyone, start[i], stop[i])
 
     # each column once as Python values: a host has a hundred thousand nodes
     n = len(nodes)

@@ -132,7 +132,7 @@ class RuleOut:
         if row is not None:
             c = self.ctx.c
             mm = int(c.items["mm"][row])
-            page = int(c.page_address[row])
+            page = int(c.page_address(row))
             pid = mm_owner(self.ctx.prog, mm).pid
         self.ctx.report.findings.append(
             Finding(self.check, severity, address, message, mm, pid, page, rule, nodes=nodes))

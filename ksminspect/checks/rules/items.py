@@ -19,12 +19,13 @@ _STATE_WORDS = {NONE: "none", UNSTABLE: "unstable", STABLE: "stable"}
 
 def _by_mm(ctx: Context, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """*rows* (walked, in walk order) grouped by the mm whose list holds them."""
-    c = ctx.c
-    run_of = c.run_of[rows]  # ascending: rows are in walk order, runs too
-    bounds = np.searchsorted(run_of, np.arange(len(c.runs) + 1))
-    for i in range(len(c.runs)):
-        if bounds[i] < bounds[i + 1]:
-            yield c.runs[i].mm, rows[bounds[i]:bounds[i + 1]]
+    runs = ctx.c.runs
+    # rows ascend, and each run is a stretch of rows
+    starts = np.searchsorted(rows, [r.start for r in runs]).tolist()
+    stops = np.searchsorted(rows, [r.stop for r in runs]).tolist()
+    for run, start, stop in zip(runs, starts, stops):
+        if start < stop:
+            yield run.mm, rows[start:stop]
 
 
 def _vma_of(ctx: Context, mm: int, rows: np.ndarray) -> tuple[Optional[Vmas], np.ndarray]:
@@ -32,7 +33,7 @@ def _vma_of(ctx: Context, mm: int, rows: np.ndarray) -> tuple[Optional[Vmas], np
     vmas = ctx.look.vmas(mm)
     if vmas is None:
         return None, np.full(len(rows), -1)
-    return vmas, vmas.at(ctx.c.page_address[rows])
+    return vmas, vmas.at(ctx.c.page_address(rows))
 
 
 def _stable_rows(ctx: Context) -> np.ndarray:
@@ -78,7 +79,7 @@ def vma_mergeable(ctx: Context, out: RuleOut) -> None:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
             if at[k] < 0:
                 out.add(Severity.ERROR, address, f"stable rmap_item {address:#x}: no VMA maps "
-                                                 f"{int(c.page_address[row]):#x}", row)
+                                                 f"{int(c.page_address(row)):#x}", row)
             else:
                 out.add(Severity.ERROR, address,
                         f"stable rmap_item {address:#x}: the VMA {int(vmas.start[at[k]]):#x}-"
@@ -96,7 +97,7 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
     state = c.state
     for mm, rows in _by_mm(ctx, _left_rows(ctx)):
         offset = c.items["offset"][rows].astype(np.uint64)
-        index = c.page_address[rows] >> shift
+        index = c.page_address(rows) >> shift
         vmas, at = _vma_of(ctx, mm, rows)
         pgoff = vmas.pgoff[np.maximum(at, 0)] if vmas is not None else np.zeros(len(rows), np.uint64)
         by_pgoff = (at >= 0) & (offset == pgoff) & (pgoff != index)
@@ -108,7 +109,7 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
             if by_pgoff[k]:
                 matches.append(f"its VMA's vm_pgoff {int(pgoff[k]):#x}")
             out.add(Severity.ERROR, address,
-                    f"{_STATE_WORDS[state[row]]} rmap_item {address:#x} at {int(c.page_address[row]):#x} "
+                    f"{_STATE_WORDS[state[row]]} rmap_item {address:#x} at {int(c.page_address(row)):#x} "
                     f"still holds {lay.offset_member} {int(offset[k]):#x}, exactly "
                     f"{' and '.join(matches)}: the offset was not reset when it left the stable tree",
                     row, rule="exact overlay match")
@@ -126,12 +127,12 @@ def wrong_offset(ctx: Context, out: RuleOut) -> None:
             out.cannot_tell(ctx.look.why["vmas"])
             continue
         offset = c.items["offset"][rows].astype(np.uint64)
-        index = c.page_address[rows] >> shift
+        index = c.page_address(rows) >> shift
         pgoff = vmas.pgoff[np.maximum(at, 0)]
         for k in np.nonzero((offset != index) & ((at < 0) | (offset != pgoff)))[0]:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
             out.add(Severity.ERROR, address,
-                    f"stable rmap_item {address:#x} at {int(c.page_address[row]):#x}: its "
+                    f"stable rmap_item {address:#x} at {int(c.page_address(row)):#x}: its "
                     f"{lay.offset_member} is {int(offset[k]):#x}, neither its linear page "
                     f"index {int(index[k]):#x}"
                     + (f" nor its VMA's vm_pgoff {int(pgoff[k]):#x}" if at[k] >= 0 else ""), row)
@@ -146,11 +147,11 @@ def overlay_garbage(ctx: Context, out: RuleOut) -> None:
     # On 32-bit the offset covers oldchecksum only: age and remaining_skips
     # stay smart scan's, and garbage there is not the seed's.
     cause = f"a leftover {lay.offset_member}" if covered else "corruption"
-    age = c.items["age"][:c.walked].astype(np.int64)
-    skips = c.items["remaining_skips"][:c.walked].astype(np.int64)
+    age = c.items["age"][:c.walked]  # u8: any limit above 255 is 255
+    skips = c.items["remaining_skips"][:c.walked]
     judged = ~(c.state[:c.walked] == STABLE) if covered else np.ones(c.walked, bool)
     too_many = judged & (skips > MAX_REMAINING_SKIPS)
-    too_old = judged & (age != 255) & (age > ctx.seqnr + 1)
+    too_old = judged & (age != 255) & (age > min(ctx.seqnr + 1, 255))
     for row in np.nonzero(too_many | too_old)[0]:
         address = int(c.item_address[row])
         if too_many[row]:

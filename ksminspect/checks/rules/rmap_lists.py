@@ -13,7 +13,7 @@ from ksminspect.mm import mm_counters, mm_owner
 @rule("rmap-owner", "every rmap_item on an mm's rmap_list has item->mm == that mm")
 def rmap_owner(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
-    list_mm = np.array([r.mm for r in c.runs], np.uint64)[c.run_of] if c.runs else np.zeros(0, np.uint64)
+    list_mm = np.repeat(np.array([r.mm for r in c.runs], np.uint64), [r.stop - r.start for r in c.runs])
     for row in np.nonzero(c.items["mm"][:c.walked] != list_mm)[0]:
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"rmap_item {int(c.item_address[row]):#x} is on the rmap_list of mm {int(list_mm[row]):#x} "
@@ -23,7 +23,7 @@ def rmap_owner(ctx: Context, out: RuleOut) -> None:
 @rule("rmap-order", "addresses ascend along each rmap_list")
 def rmap_order(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
-    page = c.page_address[:c.walked]
+    page = c.page_address(slice(0, c.walked))
     bad = np.zeros(c.walked, bool)
     bad[1:] = page[1:] <= page[:-1]
     bad[[r.start for r in c.runs if r.start < r.stop]] = False  # the first of a list follows nothing

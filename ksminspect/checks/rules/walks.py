@@ -25,7 +25,7 @@ def links(ctx: Context, out: RuleOut) -> None:
     expected = nodes.hlist_pprev_expected()
     found = c.items["hlist_pprev"][nodes.hlist_rows]
     for i in np.nonzero(found != expected)[0]:
-        w._bad_link(BadLink("stable_node_hlist", int(nodes.hlist_address[i]), "hlist_node.pprev",
+        w._bad_link(BadLink("stable_node_hlist", int(c.item_address[nodes.hlist_rows[i]]), "hlist_node.pprev",
                             int(found[i]), int(expected[i])))
     for bad in w.bad_links.values():
         out.add(Severity.ERROR, bad.address, bad.sentence())
