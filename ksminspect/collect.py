@@ -12,12 +12,13 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from ksminspect.decode import record_dtype, rmap_item_fields, stable_node_fields
 from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, item_flags
+from ksminspect.memory import trim_heap
 from ksminspect.walk import BadLink, Damage, Walker, WalkDamage
 
 # Where a stable node was met (Collection.node_kind).
@@ -85,6 +86,7 @@ class Collection:
         address = np.frombuffer(addresses, np.uint64) if addresses else np.zeros(0, np.uint64)
         # the items copied out, their slab pages are not kept twice
         items = w.memory.gather(address, self.item_dtype, consume=True, at=self.item_start)
+        trim_heap()
         return runs, head_damage, address, items
 
     @property
@@ -189,7 +191,8 @@ class Collection:
     @cached_property
     def state(self) -> np.ndarray:
         """Each item row's flag bits: NONE, UNSTABLE, STABLE or BOTH."""
-        return item_flags(self.items["raw_address"]).astype(np.uint8)
+        raw = self.items["raw_address"]
+        return in_pieces(len(raw), np.uint8, lambda rows: item_flags(raw[rows]))
 
     def page_address(self, rows) -> np.ndarray:
         """The page address of each of *rows* (an index, slice or mask)."""
@@ -198,13 +201,16 @@ class Collection:
     @cached_property
     def seqnr(self) -> np.ndarray:
         """Each item row's seqnr: the low byte of its address."""
-        return (self.items["raw_address"] & SEQNR_MASK).astype(np.uint8)
+        raw = self.items["raw_address"]
+        return in_pieces(len(raw), np.uint8, lambda rows: raw[rows] & np.uint64(SEQNR_MASK))
 
     # -- stable trees ----------------------------------------------------
 
     @cached_property
     def _stable(self) -> "_StableTrees":
-        return _StableTrees(self)
+        nodes = _StableTrees(self)
+        trim_heap()
+        return nodes
 
     @property
     def nodes(self) -> "_StableTrees":
@@ -230,6 +236,15 @@ class Collection:
             except WalkDamage as e:
                 self.tree_damage.append(e.damage)
         return (self._rows_of(np.array(addresses, np.uint64)), np.array(nids, np.int64))
+
+
+def in_pieces(n: int, dtype: type, column: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """A column of *n* rows made a piece of rows at a time: the temporaries
+    of a million rows never exist at once."""
+    out = np.empty(n, dtype)
+    for lo in range(0, n, 1 << 16):
+        out[lo:lo + (1 << 16)] = column(slice(lo, lo + (1 << 16)))
+    return out
 
 
 def row_type(n: int) -> type:
@@ -395,8 +410,9 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
         return out
 
     first = rows_of(firsts.astype(np.uint64))
-    succ = np.full(len(walked), -1, index)
-    succ[stable] = rows_of(items["hlist_next"][stable])
+    nxt = items["hlist_next"]
+    # each STABLE item's successor on its hlist (-1: none, or not STABLE)
+    succ = in_pieces(len(walked), index, lambda rows: rows_of(np.where(stable[rows], nxt[rows], 0)))
     if np.any(first == -2) or np.any(succ == -2):
         return None
     targets = np.sort(np.concatenate([first[first >= 0], succ[succ >= 0]]))

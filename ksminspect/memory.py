@@ -9,7 +9,10 @@ objects are then gathered from the same blocks at once
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import sys
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -32,6 +35,9 @@ class KeptMemory:
         self.native = little_endian == (sys.byteorder == "little")
         self._slot: dict[int, int] = {}  # chunk base -> slot (block * _BLOCK + index)
         self._unreadable: set[int] = set()  # chunk bases not wholly in the target
+        # Blocks are anonymous maps, so that a gather can give each chunk's
+        # pages back as soon as its objects are copied out.
+        self._maps: list[mmap.mmap] = []
         self._blocks: list[np.ndarray] = []
         self._bytes: list[memoryview] = []
         self._words: list[memoryview] = []
@@ -68,7 +74,8 @@ class KeptMemory:
         slot = len(self._slot)
         block, index = divmod(slot, _BLOCK)
         if block == len(self._blocks):
-            self._blocks.append(np.empty(_BLOCK * CHUNK, np.uint8))
+            self._maps.append(mmap.mmap(-1, _BLOCK * CHUNK))
+            self._blocks.append(np.frombuffer(self._maps[-1], np.uint8))
             view = memoryview(self._blocks[-1])
             self._bytes.append(view)
             self._words.append(view.cast(self._word_code))
@@ -100,25 +107,27 @@ class KeptMemory:
         self._slot.clear()
         self._unreadable.clear()
         self.word_chunks.clear()
-        self._blocks, self._bytes, self._words = [], [], []
+        self._maps, self._blocks, self._bytes, self._words = [], [], [], []
 
     def read_words(self, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(word at each address, whether it could be read)``: the chunks
         are read once each, however many of the addresses they hold, and
         not kept (a struct page each, say: no walk comes back to them)."""
-        scratch = KeptMemory(self._read, self.word_size, self.little_endian)
         ok = (addresses % np.uint64(self.word_size)) == 0
-        bases = np.unique(addresses[ok] & np.uint64(~(CHUNK - 1) & (2**64 - 1)))
-        for base in bases.tolist():
-            scratch._load(base)
-        kept = np.array(sorted(scratch._slot), np.uint64)
         base = addresses & np.uint64(~(CHUNK - 1) & (2**64 - 1))
-        in_kept = ok & np.isin(base, kept)
+        bases = np.unique(base[ok])
         order = "<" if self.little_endian else ">"
         dtype = np.dtype({"names": ["word"], "formats": [f"{order}u{self.word_size}"], "offsets": [0],
                           "itemsize": self.word_size})
         words = np.zeros(len(addresses), np.uint64)
-        words[in_kept] = scratch.gather(addresses[in_kept], dtype, consume=True)["word"]
+        in_kept = np.zeros(len(addresses), bool)
+        for lo in range(0, len(bases), _BLOCK):  # a block of chunks at a time
+            scratch = KeptMemory(self._read, self.word_size, self.little_endian)
+            for b in bases[lo:lo + _BLOCK].tolist():
+                scratch._load(b)
+            here = ok & np.isin(base, np.array(sorted(scratch._slot), np.uint64))
+            words[here] = scratch.gather(addresses[here], dtype, consume=True)["word"]
+            in_kept |= here
         for i in np.nonzero(ok & ~in_kept)[0]:  # in a chunk not wholly in the dump: the word alone
             try:
                 words[i] = int.from_bytes(self._read(int(addresses[i]), self.word_size),
@@ -131,14 +140,14 @@ class KeptMemory:
         """The objects of *dtype* at *addresses* (already walked, so their
         chunks are kept) as one structured array, in the same order; *at*:
         the dtype covers each object from that byte on. With *consume*, every
-        kept chunk is forgotten, and each block freed as soon as its objects
-        are copied out: the objects are never held twice."""
+        kept chunk is forgotten, and its pages given back as soon as its
+        objects are copied out."""
         out = np.zeros(len(addresses), dtype)  # pages of zeros cost nothing until written
         bases = np.fromiter(self._slot.keys(), np.uint64, len(self._slot))
         slots = np.fromiter(self._slot.values(), np.int64, len(self._slot))
         order = np.argsort(bases)
         bases, slots = bases[order], slots[order]
-        blocks = list(self._blocks)
+        blocks, maps = list(self._blocks), list(self._maps)
         if consume:
             self.forget()  # the blocks are now *blocks*' alone
         # where each object is: its chunk's slot (-1: read it alone) and offset
@@ -162,23 +171,71 @@ class KeptMemory:
         unit = next(u for u in (8, 4, 1) if size % u == 0 and low_bits % u == 0)
         utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
         raw = out.view(utype).reshape(len(addresses), size // unit)
-        block = np.where(slot >= 0, slot // _BLOCK, len(blocks)).astype(index)
-        rows = np.argsort(block, kind="stable").astype(index)
-        bounds = np.searchsorted(block[rows], np.arange(len(blocks) + 1))
-        del block
-        for b in range(len(blocks)):  # each block's objects, then the block is done
-            flat = blocks[b].view(utype)
-            for lo in range(bounds[b], bounds[b + 1], step):
-                these = rows[lo:min(lo + step, bounds[b + 1])]
-                start = ((slot[these] % _BLOCK).astype(np.int64) * CHUNK + offset[these]) // unit
+        flats = [b.view(utype) for b in blocks]
+        # With consume, a chunk's pages are given back once its last object is
+        # copied: where the walk met objects in address order (as a slab fills)
+        # the chunks and the rows are never both held whole.
+        left = np.bincount(slot[slot >= 0], minlength=len(slots)) if consume else None
+        done = np.zeros(len(slots), bool)
+        alone = []
+        for lo in range(0, len(addresses), step):
+            rows = np.arange(lo, min(lo + step, len(addresses)))
+            here = slot[lo:lo + step]
+            alone.append(rows[here < 0])
+            rows, here = rows[here >= 0], here[here >= 0]
+            block = here // _BLOCK
+            by_block = np.argsort(block, kind="stable")
+            rows, here, block = rows[by_block], here[by_block], block[by_block]
+            bounds = np.searchsorted(block, np.arange(len(blocks) + 1))
+            for b in np.nonzero(np.diff(bounds))[0].tolist():
+                these = rows[bounds[b]:bounds[b + 1]]
+                start = ((here[bounds[b]:bounds[b + 1]] % _BLOCK).astype(np.int64) * CHUNK
+                         + offset[these]) // unit
                 for k in range(size // unit):
-                    raw[these, k] = flat[start + k]
-            if consume:
-                blocks[b] = flat = None
+                    raw[these, k] = flats[b][start + k]
+            if left is not None:
+                left -= np.bincount(here, minlength=len(slots))
+                free = np.nonzero((left == 0) & ~done)[0]
+                done[free] = True
+                _give_back(maps, free)
+        del flats, blocks, maps
+        rows = np.concatenate(alone) if alone else np.zeros(0, np.int64)
         raw = out.view(np.uint8).reshape(len(addresses), size)
-        for row in rows[bounds[-1]:]:  # across a chunk's end, or in a chunk not whole
+        for row in rows:  # across a chunk's end, or in a chunk not whole
             try:
                 raw[row] = np.frombuffer(self._read(int(addresses[row]) + at, size), np.uint8)
             except Exception:
                 pass  # walked, so readable; a moving live kernel may differ: zeros
         return out
+
+
+def _give_back(maps: list[mmap.mmap], slots: np.ndarray) -> None:
+    """Give the pages of the chunks in *slots* (ascending) back to the system."""
+    if not len(slots) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    # runs of consecutive slots in one block, each given back at once
+    breaks = np.nonzero((np.diff(slots) != 1) | (np.diff(slots // _BLOCK) != 0))[0] + 1
+    for run in np.split(slots, breaks):
+        block, first = divmod(int(run[0]), _BLOCK)
+        start = -(-first * CHUNK // mmap.PAGESIZE) * mmap.PAGESIZE  # whole host pages only
+        stop = (first + len(run)) * CHUNK // mmap.PAGESIZE * mmap.PAGESIZE
+        if start < stop:
+            maps[block].madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's
+    malloc_trim). numpy's temporaries of a million rows come from the heap
+    once drgn's loading of debug info has raised glibc's mmap threshold, and
+    the heap keeps what they freed: a collection step ends with this."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@lru_cache(maxsize=None)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
