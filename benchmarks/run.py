@@ -3,8 +3,9 @@
 dumps (benchmarks/make-dumps.sh), each in a fresh process, and print per
 command: wall seconds, rmap_items per second, peak RSS, and the speed-up over
 the baseline; then the rate of the rmap_list walk measured in-process.
+Each figure is the best of --repeat runs (3).
 
-    run.py [--bench DIR] [--debug VMLINUX] [SIZE...]
+    run.py [--bench DIR] [--debug VMLINUX] [--repeat N] [SIZE...]
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["snapshot
             ["check", "--format", "json"]]
 
 
-def measure(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, output discarded."""
+def measure(argv: list[str], repeat: int = 1) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a process, output discarded: the
+    best of *repeat* runs (as timeit reports), the machine's noise left out."""
+    return min(_measure_once(argv) for _ in range(repeat))
+
+
+def _measure_once(argv: list[str]) -> tuple[float, float]:
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -55,6 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", default=os.environ.get("BENCH", "/var/tmp/ksminspect-bench"))
     ap.add_argument("--debug", default=str(HERE.parent / "vmcores/kernels/6.12/vmlinux.debug.xz"))
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each command and of the baseline; the best is shown")
     ap.add_argument("sizes", nargs="*", default=["small", "medium", "large", "huge", "distro-large"])
     ap.add_argument("--in-process", metavar="VMCORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -74,7 +82,7 @@ def main() -> None:
     def floor_of(truth: dict, vmlinux: str) -> float:
         dump = truth.get("floor", str(HERE.parent / "vmcores/6.12-numa/vmcore.xz"))
         if dump not in floors:
-            _, floors[dump] = measure([str(KSMINSPECT), "-c", dump, "-s", vmlinux, "summary"])
+            _, floors[dump] = measure([str(KSMINSPECT), "-c", dump, "-s", vmlinux, "summary"], args.repeat)
             print(f"memory floor: summary on {dump}: {floors[dump]:.0f} MB peak RSS")
         return floors[dump]
 
@@ -90,10 +98,11 @@ def main() -> None:
         items = sum(int(p.get("ksm_stat", {}).get("ksm_rmap_items", 0)) for p in truth["processes"])
         vmlinux = truth.get("debug", debug)  # a distribution kernel's own
         floor_rss = floor_of(truth, vmlinux)
-        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux])
+        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux],
+                                      args.repeat)
         rows = [("baseline (plain drgn)", base_wall, base_rss)]
         for cmd in COMMANDS:
-            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, *cmd])
+            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, *cmd], args.repeat)
             rows.append((" ".join(cmd), wall, rss))
             if cmd[0] == "check":
                 per_item[size] = wall / items

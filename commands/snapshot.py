@@ -6,13 +6,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import click
 
 from .render import JsonArray, emit, emit_json, emit_table, format_option, json_int
 
 SNAPSHOT_VERSION = 1
+
+
+def item_template(pid: Optional[int], comm: Optional[str]) -> str:
+    """A snapshot item's JSON for one process, as json.dumps() writes it, to
+    be filled with ``% (item, mm, page_address, state)``."""
+    who = f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'.replace("%", "%%")
+    return f'{{"item": "%#x", {who}, "mm": "%#x", "page_address": "%#x", "state": "%s"}}'
 
 
 def take_snapshot(app) -> dict[str, Any]:
@@ -26,10 +33,10 @@ def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.stable import for_each_stable_tree_node
     from ksminspect.walk import WalkDamage
 
+    import numpy as np
+
     from .check import finding_json
     from .mm import cursor_json, mm_slot_json
-
-    import numpy as np
 
     prog = app.prog
     cursor = read_scan_cursor(prog)
@@ -50,8 +57,7 @@ def take_snapshot(app) -> dict[str, Any]:
         state_words = np.array(words, object)
         for run in c.runs:
             owner = mm_owner(prog, run.mm)
-            item = (f'{{"item": "%#x", "pid": {json_int(owner.pid)}, "comm": {json.dumps(owner.comm)}, '
-                    f'"mm": "%#x", "page_address": "%#x", "state": "%s"}}')
+            item = item_template(owner.pid, owner.comm)
             rows = slice(run.start, run.stop)
             yield from map(item.__mod__, zip(c.item_address[rows].tolist(), c.items["mm"][rows].tolist(),
                                              c.page_address(rows).tolist(),

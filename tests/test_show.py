@@ -177,3 +177,31 @@ def test_snapshot_and_diff(dump: Dump, tmp_path) -> None:
     assert len(shared) == int(dump.sysfs["pages_shared"])
     diff = run_json("diff", *map(str, paths))
     assert diff["new_findings"] == [] and diff["leaked"]["orphans"] == []
+
+
+def test_json_texts_keep_what_json_dumps_keeps() -> None:
+    """The JSON that stable-tree and snapshot write from columns is what
+    json.dumps() writes, whatever a process calls itself (pure rendering,
+    beside the per-dump tests above)."""
+    import json
+
+    from ksminspect.commands.snapshot import item_template
+    from ksminspect.commands.stable_tree import node_text
+    from ksminspect.decode import NodeKind
+    from ksminspect.stable import Sharers, StableTreeNode
+
+    comm = 'a "50%s" \\ \u00e9'
+    item = json.loads(item_template(7, comm) % (0xFFFF888100000040, 0xFFFF888100001000,
+                                                0x7F0000001000, "stable"))
+    assert item == {"item": "0xffff888100000040", "pid": 7, "comm": comm,
+                    "mm": "0xffff888100001000", "page_address": "0x7f0000001000", "state": "stable"}
+    assert json.loads(item_template(None, None) % (1, 2, 3, "none"))["comm"] is None
+    columns = ([0xFFFF888100000040], [0xFFFF888100001000], [7], [comm], [0x7F0000001000], ["stable"])
+    node = StableTreeNode(node=0xFFFF888100002000, kind=NodeKind.NODE, tree_nid=0, nid=None, kpfn=0x1234,
+                          chain_prune_time=None, rmap_hlist_len=1, sharers=Sharers(columns, 0, 1))
+    text = node_text(node)
+    data = json.loads(text)
+    assert json.dumps(data) == text
+    assert data["sharers"] == [{"item": "0xffff888100000040", "mm": "0xffff888100001000", "pid": 7,
+                                "comm": comm, "page_address": "0x7f0000001000", "state": "stable"}]
+    assert list(node.sharers)[0].comm == comm and node.sharers[-1].pid == 7
