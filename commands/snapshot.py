@@ -27,7 +27,7 @@ def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.counters import read_counters, read_tunables
     from ksminspect.decode import ItemState
     from ksminspect.mm import for_each_mm_slot, mm_owner
-    from ksminspect.program import kernel_release
+    from ksminspect.program import dump_description, kernel_release
     from ksminspect.scan import read_scan_cursor
     from ksminspect.session import session
     from ksminspect.stable import for_each_stable_tree_node
@@ -91,6 +91,7 @@ def take_snapshot(app) -> dict[str, Any]:
         "stable_pages": JsonArray(map(page_text, pages), len(pages)),
         "findings": [finding_json(f) for f in report.findings],
         "damage": damage,
+        "dump": dump_description(prog),
     }
 
 

@@ -26,6 +26,7 @@ def summary(app, fmt: str, watch: float | None) -> None:
       sudo ksminspect summary --watch 2
     """
     from ksminspect.counters import read_counters, read_tunables, walk_counts
+    from ksminspect.program import dump_description
 
     if watch is not None:
         return watch_counters(app, watch, fmt)
@@ -34,10 +35,13 @@ def summary(app, fmt: str, watch: float | None) -> None:
     walked_counts = walk_counts(prog)
     walked = walked_counts.as_counters(prog, counters)
     tunables = read_tunables(prog)
+    dump = dump_description(prog)
     data = {"counters": counters, "walked": walked, "tunables": tunables,
-            "damage": [d.sentence() for d in walked_counts.damage]}
+            "damage": [d.sentence() for d in walked_counts.damage], "dump": dump}
 
     def table() -> None:
+        if dump:
+            click.echo(f"dump: {dump_words(dump)}\n")
         rows = []
         for name, value in counters.items():
             w = walked.get(name)
@@ -53,6 +57,15 @@ def summary(app, fmt: str, watch: float | None) -> None:
     say_changed_while_read(walked_counts.changed_while_read)
     fail_if_walk_found_nothing(prog, "rmap_items", walked_counts.rmap_items,
                                bool(walked_counts.damage))
+
+
+def dump_words(dump: dict) -> str:
+    """A dump's format in a line: "kdump-compressed (zlib, flattened), dump level 31: ..."."""
+    what = {"elf": "ELF", "kdump": "kdump-compressed"}.get(dump["format"], dump["format"])
+    how = [h for h in (dump["compression"], "flattened" if dump["flattened"] else None) if h]
+    level = "" if dump["dump_level"] is None else f", dump level {dump['dump_level']}"
+    left = f" (left out: {', '.join(dump['left_out'])})" if dump["left_out"] else ""
+    return what + (f" ({', '.join(how)})" if how else "") + level + left
 
 
 # Rates worth watching: name shown -> counter whose change per second it is.

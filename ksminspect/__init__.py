@@ -23,6 +23,8 @@ The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
   KASLR offset
 - :func:`vmcoreinfo_in_memory` -- the VMCOREINFO text of a dump that lacks
   the note, for ``drgn.Program(vmcoreinfo=...)``
+- :func:`dump_platform` -- the architecture a kdump-compressed file's header
+  names, for ``drgn.Program(platform)`` where libkdumpfile cannot name it
 """
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ from ksminspect.counters import read_counters, read_tunables, walk_counts
 from ksminspect.decode import ItemState, NodeKind, RmapItem, StableNode
 from ksminspect.layout import KsmLayout, get_layout
 from ksminspect.mm import MmOwner, MmSlot, for_each_mm_slot, mm_counters, mm_owner
+from ksminspect.dumpfile import dump_platform
 from ksminspect.program import open_program, vmcoreinfo_in_memory
 from ksminspect.scan import ScanCursor, read_scan_cursor
 from ksminspect.session import begin_session, session
@@ -51,5 +54,5 @@ __all__ = [
     "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "Sharers", "StableNode",
     "StableTreeNode", "WalkDamage", "Walker", "begin_session", "collection", "for_each_mm_slot", "for_each_stable_tree_node",
     "get_layout", "mm_counters", "mm_owner", "open_program", "read_counters", "read_scan_cursor",
-    "read_tunables", "run_checks", "vmcoreinfo_in_memory", "walk_counts", "walker",
+    "read_tunables", "run_checks", "vmcoreinfo_in_memory", "dump_platform", "walk_counts", "walker",
 ]

@@ -13,10 +13,11 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import drgn
 
+from ksminspect import dumpfile
 from ksminspect.errors import TargetError
 
 COMPRESSED_SUFFIXES = (".zst", ".xz", ".gz")
@@ -56,24 +57,33 @@ def _decompress_to(src: str, dst: str) -> None:
         raise TargetError(f"{src} could not be decompressed: {e}") from None
 
 
+def _cache_key(path: str) -> str:
+    """A cached copy's name for *path*: its path, size and mtime."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TargetError(f"cannot open {path}: {e.strerror}") from None
+    return hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def decompressed(path: str) -> str:
     """*path* itself, or its decompressed copy in the cache if it ends in
     .zst, .xz or .gz. The copy is keyed by path, size and mtime."""
     if not path.endswith(COMPRESSED_SUFFIXES):
         return path
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise TargetError(f"cannot open {path}: {e.strerror}") from None
-    key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    base = os.path.basename(path).rsplit(".", 1)[0]
-    out = os.path.join(cache_dir(), f"{key}-{base}")
+    return _cached_copy(path, os.path.basename(path).rsplit(".", 1)[0], _decompress_to)
+
+
+def _cached_copy(path: str, name: str, make: Callable[[str, str], None]) -> str:
+    """The copy of *path* that ``make(path, out)`` writes, kept in the cache
+    as *name* and made once (keyed by *path*'s path, size and mtime)."""
+    out = os.path.join(cache_dir(), f"{_cache_key(path)}-{name}")
     if os.path.exists(out):
         return out
     fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix=".partial-")
     os.close(fd)
     try:
-        _decompress_to(path, tmp)
+        make(path, tmp)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -155,11 +165,13 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
         detail = _load_debug_info(prog, files)
     else:
         path = decompressed(core)
+        described = dumpfile.describe(path)
+        if described["flattened"]:  # makedumpfile -F, QEMU's kdump-*: as -R makes it
+            path = _cached_copy(path, os.path.basename(path) + ".kdump", dumpfile.reassemble)
         cut = truncation(path)
         info: Optional[bytes] = None  # VMCOREINFO taken from the dump's memory
         try:
-            prog = drgn.Program()
-            prog.set_core_dump(path)
+            prog = _open_core(path)
         except Exception as e:  # drgn reports libelf errors as plain Exception
             info = None if cut else vmcoreinfo_in_memory(path, [b for b in map(elf_build_id, files) if b])
             opened = _open_core(path, info) if info else None
@@ -179,6 +191,7 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
                 f"whose guest had not loaded qemu_fw_cfg); using the copy in its memory")
         if cut:
             prog.cache["ksminspect_truncated"] = f"{core}: {cut}"
+        prog.cache["ksminspect_dump"] = described
     if not _has_kernel_types(prog):
         raise TargetError(_missing_debug_info_message(prog, dict(zip(given, files)), detail))
     if core is not None and not cut:
@@ -245,12 +258,16 @@ def check_kernel_addresses(prog: drgn.Program) -> None:
     prog.cache["ksminspect_addresses_checked"] = True
 
 
-def _open_core(path: str, vmcoreinfo: bytes) -> Optional[drgn.Program]:
-    """*path* opened with *vmcoreinfo* in place of whatever note it has."""
-    prog = drgn.Program(vmcoreinfo=vmcoreinfo)
+def _open_core(path: str, vmcoreinfo: Optional[bytes] = None) -> Optional[drgn.Program]:
+    """*path* opened, with *vmcoreinfo* in place of whatever note it has;
+    without one, failing as drgn fails."""
+    platform = dumpfile.dump_platform(path)  # where libkdumpfile cannot name it
+    prog = drgn.Program(platform, vmcoreinfo=vmcoreinfo) if vmcoreinfo else drgn.Program(platform)
     try:
         prog.set_core_dump(path)
     except Exception:
+        if vmcoreinfo is None:
+            raise
         return None
     return prog
 
@@ -327,7 +344,7 @@ VMCOREINFO_BYTES = 4096
 
 
 def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[bytes]:
-    """The VMCOREINFO text that the kernel in the ELF core *path* keeps in its
+    """The VMCOREINFO text that the kernel in the core *path* keeps in its
     own memory, or None. A dump whose notes lack it (QEMU's dump-guest-memory
     without a vmcoreinfo device) still holds the page the kernel filled at
     boot, KERNELOFFSET (KASLR) included on x86-64. Of several copies (a
@@ -340,7 +357,9 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
     wanted = {b"BUILD-ID=" + b.encode() + b"\n" for b in build_ids}
     try:
         st = os.stat(path)
-        key = hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
+        # "2": kdump-compressed files are searched too (an answer of nothing,
+        # kept by an older ksminspect, is not believed)
+        key = hashlib.sha256(f"2\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
                              f"{sorted(wanted)}".encode()).hexdigest()[:16]
         kept = os.path.join(cache_dir(), f"{key}-vmcoreinfo")
         with open(kept, "rb") as f:
@@ -363,10 +382,19 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
 
 
 def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
-    """Each VMCOREINFO text in the PT_LOAD segments of *path*, and whether it
-    starts a page (vmcoreinfo_data is one page; vmcoreinfo_note's copy is not)."""
+    """Each VMCOREINFO text in the memory *path* holds (an ELF core's PT_LOAD
+    segments, a kdump-compressed file's pages), and whether it starts a page
+    (vmcoreinfo_data is one page; vmcoreinfo_note's copy is not)."""
     import mmap
 
+    if dumpfile.kind(path) == "kdump":
+        for paddr, page in dumpfile.kdump_pages(path):
+            at = page.find(b"OSRELEASE=")
+            if at >= 0:
+                text = page[at:].split(b"\0", 1)[0]
+                if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
+                    yield text, (paddr + at) % 4096 == 0
+        return
     try:
         headers = elf_program_headers(path)
         if not headers:
@@ -473,6 +501,12 @@ def _missing_debug_info_message(prog: drgn.Program, symbols: dict[str, str], det
                 f"{': ' + detail.splitlines()[0] if detail else ''}")
     return (f"no debug info found for kernel {release}; pass the vmlinux with -s, "
             f"or install it ({_debug_package_hint(release)})")
+
+
+def dump_description(prog: drgn.Program) -> Optional[dict[str, object]]:
+    """What the dump file *prog* was opened from is (dumpfile.describe());
+    None for the live kernel and for a Program ksminspect did not open."""
+    return prog.cache.get("ksminspect_dump")
 
 
 def kernel_release(prog: drgn.Program) -> str:

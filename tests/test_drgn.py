@@ -34,6 +34,15 @@ def drgn_program(dump: Dump) -> drgn.Program:
     except ValueError:  # no VMCOREINFO note: the README's recipe
         prog = drgn.Program(vmcoreinfo=ksminspect.vmcoreinfo_in_memory(path))
         prog.set_core_dump(path)
+    except Exception as e:  # drgn's kdump errors are plain Exceptions
+        if "ARCH_NAME" in str(e):
+            # libkdumpfile cannot name a QEMU kdump file's architecture: the README's recipe
+            prog = drgn.Program(ksminspect.dump_platform(path))
+            prog.set_core_dump(path)
+        elif "vmcoreinfo" in str(e):  # a kdump file without VMCOREINFO: the README's answer
+            return ksminspect.open_program(str(dump.vmcore), [str(dump.debug)])
+        else:
+            raise
     prog.load_debug_info([decompressed(str(dump.debug))], main=True)
     try:
         check_kernel_addresses(prog)

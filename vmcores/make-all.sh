@@ -6,7 +6,8 @@
 # vmcores/kernels/<kernel>/vmlinux.debug.xz. The format of a dump: elf
 # (QEMU's dump-guest-memory: physical addresses), elf-paging (with the
 # guest's virtual addresses), elf-refused (physical, for an architecture drgn
-# cannot translate: the test that ksminspect says how to take a readable one).
+# cannot translate: the test that ksminspect says how to take a readable one),
+# kdump-zlib (QEMU's kdump-compressed format, flattened, as virsh dump writes it).
 # Needs: qemu-system-x86, qemu-system-arm, gcc, gcc-aarch64-linux-gnu,
 # gcc-i686-linux-gnu (and their libc6-dev-*-cross), flex, bison, bc,
 # libelf-dev, libssl-dev, cpio, dwz, xz-utils.
@@ -43,7 +44,8 @@ grep -v '^#' "$here/dumps.tsv" | while IFS=$'\t' read -r name kernel numa format
     rm -rf "$out"
     python3 "$here/scripts/make-dump.py" --kernel "$WORK/build/$kernel/$(image_of "$kernel")" \
         --initrd "$WORK/init-$arch.cpio.gz" --arch "$arch" --out "$out" --numa "$numa" --memory "$memory" \
-        $([ "$format" = elf-paging ] && echo --paging) --append "$append" </dev/null
+        $([ "$format" = elf-paging ] && echo --paging) \
+        $([ "$format" = kdump-zlib ] && echo --format kdump-zlib) --append "$append" </dev/null
     mkdir -p "$here/$name"
     python3 - "$out/truth.json" "$here/$name/truth.json" "$name" "$kernel" "$format" <<'PY'
 import json, sys

@@ -25,9 +25,12 @@ if [ ! init.cpio.gz -nt "$here/ksm-workload.c" ]; then  # a new workload: new du
     (cd initrd && find . | cpio -o -H newc --quiet | gzip -9 >../init.cpio.gz)
 fi
 
-# name  meta-package  numa  kernel command line (ksmw.*: see ksm-workload.c)
-while read -r name meta numa append; do
-    [ -f "$name/truth.json" ] && [ "$name/truth.json" -nt init.cpio.gz ] && continue
+# name  meta-package  numa  also  kernel command line (ksmw.*: see ksm-workload.c)
+# also: another format of the same guest state, in NAME-FORMAT/ (- for none)
+while read -r name meta numa also append; do
+    done_=$name/truth.json
+    [ "$also" = - ] || done_=$name-$also/truth.json
+    [ -f "$done_" ] && [ "$done_" -nt init.cpio.gz ] && continue
     image=$(image_of "$meta")
     [ -n "$image" ] || { echo "distro-dumps: $meta points at no kernel image" >&2; exit 1; }
     ls "$image"_*.deb >/dev/null 2>&1 || apt_own download "$image"
@@ -37,22 +40,31 @@ while read -r name meta numa append; do
     dpkg-deb --fsys-tarfile "$image"_*.deb | tar -xO "./boot/vmlinuz-$release" >"$name/vmlinuz"
     dpkg-deb --fsys-tarfile "$image-dbg"_*.deb |
         tar -xO "./usr/lib/debug/boot/vmlinux-$release" >"$name/vmlinux"
+    extra=()
+    if [ "$also" != - ]; then
+        rm -rf "$name-$also" && mkdir -p "$name-$also"
+        extra=(--also "$also=$name-$also/vmcore")
+    fi
     dump() {
         python3 "$here/make-dump.py" --kernel "$name/vmlinuz" --initrd init.cpio.gz \
-            --out "$name" --memory 512 --numa "$numa" --append "$append" </dev/null
+            --out "$name" --memory 512 --numa "$numa" "${extra[@]}" --append "$append" </dev/null
     }
     # A guest under TCG once ended early in CI (not seen in 6 runs since):
     # show why, and boot it once more.
     dump || { tail -n 20 "$name/console.log" >&2; echo "distro-dumps: $name: once more" >&2; dump; }
-    python3 - "$name/truth.json" "$name" "$image" <<'PY'
+    python3 - "$name/truth.json" "$name" "$image" "$also" <<'PY'
 import json, sys
-path, name, image = sys.argv[1:]
+path, name, image, also = sys.argv[1:]
 truth = json.load(open(path))
 truth.update(name=name, kernel=image, vmcore="vmcore", debug="vmlinux")
 json.dump(truth, open(path, "w"), indent=1, sort_keys=True)
+if also != "-":  # the same guest state in another format, the same debug info
+    truth.update(name=f"{name}-{also}", debug=f"../{name}/vmlinux")
+    truth["dump"] = dict(truth["dump"], format=also)
+    json.dump(truth, open(f"{name}-{also}/truth.json", "w"), indent=1, sort_keys=True)
 PY
 done <<'LIST'
-debian-6.1-cloud linux-image-cloud-amd64 0 ksmw.max_page_sharing=4 ksmw.sharers=4 ksmw.chain=3 ksmw.cow=8 ksmw.exit=1
-debian-6.12-cloud-numa linux-image-6.12-cloud-amd64 2 ksmw.numa=2 ksmw.merge_across_nodes=0 ksmw.max_page_sharing=4 ksmw.use_zero_pages=1 ksmw.zero=16 ksmw.chain=3 ksmw.cow=8
+debian-6.1-cloud linux-image-cloud-amd64 0 kdump-zlib ksmw.max_page_sharing=4 ksmw.sharers=4 ksmw.chain=3 ksmw.cow=8 ksmw.exit=1
+debian-6.12-cloud-numa linux-image-6.12-cloud-amd64 2 - ksmw.numa=2 ksmw.merge_across_nodes=0 ksmw.max_page_sharing=4 ksmw.use_zero_pages=1 ksmw.zero=16 ksmw.chain=3 ksmw.cow=8
 LIST
 ls -d "$out"/*/truth.json

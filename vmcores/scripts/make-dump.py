@@ -5,11 +5,14 @@ vmcore + truth.json into the output directory.
 
     make-dump.py --kernel IMAGE --initrd INIT.CPIO.GZ --out DIR
                  [--arch x86_64|i386|arm64] [--paging] [--memory MB] [--numa N]
-                 [--append "ksmw.x=y ..."]
+                 [--format elf|kdump-zlib] [--also FORMAT=FILE] [--append "ksmw.x=y ..."]
 
 --paging asks QEMU for a dump whose segments carry the guest's virtual
 addresses (``dump-guest-memory`` with ``paging: true``): the only kind drgn
 can read for an architecture it has no page-table walker for (i386).
+--format kdump-zlib writes QEMU's kdump-compressed format, flattened, as
+``virsh dump --memory-only --format kdump-zlib`` does; --also adds a dump
+of the same guest state in another format.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--arch", choices=sorted(MACHINES), default="x86_64")
     ap.add_argument("--paging", action="store_true")
+    ap.add_argument("--format", default="elf", choices=["elf", "kdump-zlib"],
+                    help="QEMU's dump format; kdump-zlib is written flattened, as virsh dump writes it")
+    ap.add_argument("--also", metavar="FORMAT=FILE", action="append", default=[],
+                    help="a second dump of the same guest state in another format")
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--numa", type=int, default=0)
@@ -103,8 +110,11 @@ def main() -> int:
         vmcore = os.path.join(args.out, "vmcore")
         if os.path.exists(vmcore):
             os.unlink(vmcore)
-        qmp(sock, {"execute": "dump-guest-memory",
-                   "arguments": {"paging": args.paging, "protocol": f"file:{vmcore}"}})
+        for fmt, path in [(args.format, vmcore)] + [a.split("=", 1) for a in args.also]:
+            arguments = {"paging": args.paging, "protocol": f"file:{os.path.abspath(path)}"}
+            if fmt != "elf":
+                arguments["format"] = fmt
+            qmp(sock, {"execute": "dump-guest-memory", "arguments": arguments})
         qmp(sock, {"execute": "quit"})
         vm.wait(60)
     finally:
@@ -117,6 +127,7 @@ def main() -> int:
         "qemu": cmd,
         "seconds_to_ready": round(time.time() - start, 1),
         "paging": args.paging,
+        "format": args.format,
     }
     with open(os.path.join(args.out, "truth.json"), "w") as f:
         json.dump(truth, f, indent=1, sort_keys=True)
