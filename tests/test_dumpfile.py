@@ -74,14 +74,26 @@ def test_kdump_header_of_a_flattened_file(tmp_path) -> None:
 
 def test_summary_names_the_dump_format() -> None:
     """summary says what a dump file is: QEMU's kdump-zlib (flattened, dump
-    level 1), the ELF dumps (no dump level)."""
+    level 1), makedumpfile's captures (their compression and dump level),
+    the ELF dumps (no dump level)."""
     from conftest import DUMPS, run_json
 
     for dump in DUMPS:
-        fmt = dump.truth.get("dump", {}).get("format", "elf")
+        made = dump.truth.get("dump", {})
         got = run_json(*dump.args, "summary")["dump"]
-        if fmt == "kdump-zlib":
+        if made.get("format") == "kdump-zlib":
             assert got == {"format": "kdump", "flattened": True, "compression": "zlib",
                            "dump_level": 1, "left_out": ["zero pages"]}
+        elif made.get("format") == "makedumpfile":  # a crash-kernel capture (crash-capture.sh)
+            options = made["makedumpfile"].split()
+            level = int(options[options.index("-d") + 1])
+            if "-E" in options:  # ELF: no header says the level
+                assert got["format"] == "elf" and got["dump_level"] is None
+            else:
+                compression = {"-c": "zlib", "-l": "lzo", "-p": "snappy", "-z": "zstd"}
+                assert got == {"format": "kdump", "flattened": False,
+                               "compression": next(compression[o] for o in options if o in compression),
+                               "dump_level": level, "left_out": got["left_out"]}
+                assert len(got["left_out"]) == bin(level).count("1")
         else:
             assert got["format"] == "elf" and got["dump_level"] is None

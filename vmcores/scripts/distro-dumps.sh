@@ -67,4 +67,27 @@ done <<'LIST'
 debian-6.1-cloud linux-image-cloud-amd64 0 kdump-zlib ksmw.max_page_sharing=4 ksmw.sharers=4 ksmw.chain=3 ksmw.cow=8 ksmw.exit=1
 debian-6.12-cloud-numa linux-image-6.12-cloud-amd64 2 - ksmw.numa=2 ksmw.merge_across_nodes=0 ksmw.max_page_sharing=4 ksmw.use_zero_pages=1 ksmw.zero=16 ksmw.chain=3 ksmw.cow=8
 LIST
+# Crash-kernel captures of the 6.1 kernel, as distributions take them:
+# kdump-tools' makedumpfile -c (zlib), RHEL's -l (lzo), and a filtered ELF
+# (-E), all at dump level 31. Written elsewhere first: a directory appears
+# here only whole.
+image=$(image_of linux-image-cloud-amd64)
+while read -r name options; do
+    [ -f "$name/truth.json" ] && [ "$name/truth.json" -nt init.cpio.gz ] && continue
+    rm -rf "$name" "$name.part"
+    bash "$here/crash-capture.sh" "$name.part" "$(ls "$out/$image"_*.deb)" "$options" \
+        "ksmw.max_page_sharing=4 ksmw.sharers=4 ksmw.chain=3 ksmw.cow=8 ksmw.exit=1" >/dev/null
+    python3 - "$name.part/truth.json" "$name" "$image" <<'PY'
+import json, sys
+path, name, image = sys.argv[1:]
+truth = json.load(open(path))
+truth.update(name=name, kernel=image, vmcore="vmcore", debug="../debian-6.1-cloud/vmlinux")
+json.dump(truth, open(path, "w"), indent=1, sort_keys=True)
+PY
+    mv "$name.part" "$name"
+done <<'LIST'
+debian-6.1-cloud-mdf-c31 -c -d 31
+debian-6.1-cloud-mdf-l31 -l -d 31
+debian-6.1-cloud-mdf-E31 -E -d 31
+LIST
 ls -d "$out"/*/truth.json

@@ -30,6 +30,12 @@
  *   live           1: a background workload on a running system (the live
  *                  test): ksmd keeps running, nothing is single-stepped, the
  *                  truth is printed once merging has settled
+ *   capture        makedumpfile's options, commas for spaces ("-c,-d,31"): a
+ *                  crash-kernel capture, as a distribution takes one. At start
+ *                  /capture/kexec -p loads /capture/vmlinuz with
+ *                  /capture/initrd.img (whose /init runs makedumpfile with
+ *                  these options); once the truth is printed, the kernel is
+ *                  crashed through /proc/sysrq-trigger.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -518,6 +524,26 @@ static void print_process(struct child *ch, int exited)
 	printf("}");
 }
 
+/* kexec -p: the capture kernel that runs when this one panics. */
+static void load_capture_kernel(const char *options)
+{
+	char append[512];
+	pid_t pid;
+	int status;
+
+	snprintf(append, sizeof(append), "--append=console=ttyS0 loglevel=1 panic=-1 "
+		 "reset_devices irqpoll nr_cpus=1 nousb ksmcap.mdf=%s", options);
+	pid = fork();
+	if (pid == 0) {
+		execl("/capture/kexec", "kexec", "-p", "/capture/vmlinuz",
+		      "--initrd=/capture/initrd.img", append, (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status) != 0)
+		say("kexec -p failed: no capture kernel");
+}
+
 int main(void)
 {
 	long exit_flag, cow_written = 0, steps = -1, pairs_merged = 0;
@@ -556,6 +582,16 @@ int main(void)
 			dup2(fd, 0);
 			dup2(fd, 1);
 			dup2(fd, 2);
+		}
+	}
+	{
+		const char *capture = strstr(cmdline, "ksmw.capture=");
+
+		if (capture) {
+			char options[128];
+
+			sscanf(capture + strlen("ksmw.capture="), "%127s", options);
+			load_capture_kernel(options);
 		}
 	}
 	if (access(KSM "run", F_OK)) {
@@ -685,6 +721,15 @@ record:
 	json_string(cmdline);
 	printf("}\nKSMINSPECT-TRUTH-END\nKSMINSPECT-READY\n");
 	fflush(stdout);
+	if (strstr(cmdline, "ksmw.capture=")) {
+		/* crash: the capture kernel writes the dump */
+		int fd = open("/proc/sysrq-trigger", O_WRONLY);
+
+		sleep(1);
+		if (fd >= 0)
+			write(fd, "c", 1);
+		say("sysrq-trigger: no crash");
+	}
 
 	for (;;) {
 		pause();

@@ -68,6 +68,9 @@ def main() -> int:
                     help="QEMU's dump format; kdump-zlib is written flattened, as virsh dump writes it")
     ap.add_argument("--also", metavar="FORMAT=FILE", action="append", default=[],
                     help="a second dump of the same guest state in another format")
+    ap.add_argument("--capture", metavar="DISK",
+                    help="no QEMU dump: the guest crashes into a capture kernel that writes "
+                         "the dump onto this raw disk and powers off (crash-capture.sh)")
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--numa", type=int, default=0)
@@ -88,6 +91,8 @@ def main() -> int:
         "-serial", f"file:{log}", "-no-reboot", "-device", "vmcoreinfo",
         "-qmp", f"unix:{sock},server=on,wait=off",
     ]
+    if args.capture:
+        cmd += ["-drive", f"file={args.capture},format=raw,if=virtio"]
     if args.numa:
         per = args.memory // args.numa
         for n in range(args.numa):
@@ -108,15 +113,22 @@ def main() -> int:
             with open(log, errors="replace") as f:
                 text = f.read()
         vmcore = os.path.join(args.out, "vmcore")
-        if os.path.exists(vmcore):
-            os.unlink(vmcore)
-        for fmt, path in [(args.format, vmcore)] + [a.split("=", 1) for a in args.also]:
-            arguments = {"paging": args.paging, "protocol": f"file:{os.path.abspath(path)}"}
-            if fmt != "elf":
-                arguments["format"] = fmt
-            qmp(sock, {"execute": "dump-guest-memory", "arguments": arguments})
-        qmp(sock, {"execute": "quit"})
-        vm.wait(60)
+        if args.capture:  # the guest crashes; its capture kernel writes the dump
+            vm.wait(args.timeout)
+            with open(log, errors="replace") as f:
+                text = f.read()
+            if "KSMINSPECT-CAPTURE-DONE 0" not in text:
+                raise SystemExit(f"the capture kernel did not write a dump; see {log}")
+        else:
+            if os.path.exists(vmcore):
+                os.unlink(vmcore)
+            for fmt, path in [(args.format, vmcore)] + [a.split("=", 1) for a in args.also]:
+                arguments = {"paging": args.paging, "protocol": f"file:{os.path.abspath(path)}"}
+                if fmt != "elf":
+                    arguments["format"] = fmt
+                qmp(sock, {"execute": "dump-guest-memory", "arguments": arguments})
+            qmp(sock, {"execute": "quit"})
+            vm.wait(60)
     finally:
         if vm.poll() is None:
             vm.kill()

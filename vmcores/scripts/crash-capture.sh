@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# crash-capture.sh OUT IMAGE_DEB "MAKEDUMPFILE OPTIONS" "KSMW PARAMETERS"
+#
+# A dump taken the way a distribution takes one: the kernel of IMAGE_DEB (a
+# Debian linux-image package) boots under QEMU with crashkernel= reserved,
+# the KSM workload (ksm-workload.c, ksmw.capture=) loads a capture kernel
+# with kexec -p, builds its state, records the truth and crashes the kernel
+# through /proc/sysrq-trigger; the capture kernel (the same image) runs
+# Debian's makedumpfile on /proc/vmcore with the given options, flattened
+# (-F) onto a raw virtio disk, and powers off; on the host the same
+# makedumpfile reassembles it (-R) into OUT/vmcore. OUT/truth.json records
+# the truth, the makedumpfile options and version.
+#
+# makedumpfile, kexec-tools and busybox-static come from the machine's own
+# Debian suites, with the libraries they need. Needs: qemu-system-x86, gcc,
+# cpio, apt access.
+set -euo pipefail
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+deb=$(realpath "$2")
+options=$3
+append=$4
+here=$(cd "$(dirname "$0")" && pwd)
+work=${WORK:-/var/tmp/ksminspect-build}/capture
+mkdir -p "$work"
+cd "$work"
+. "$here/apt-own.sh"
+
+# The tools and the library packages they depend on, unpacked side by side.
+stage=$work/stage
+if [ ! -x "$stage/usr/bin/makedumpfile" ]; then
+    rm -rf "$stage" debs && mkdir -p "$stage" debs
+    libs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+           --no-replaces --no-enhances makedumpfile kexec-tools | grep -E '^lib[^<]*$' | sort -u)
+    (cd debs && apt_own download makedumpfile kexec-tools busybox-static $libs >/dev/null)
+    for d in debs/*.deb; do dpkg-deb -x "$d" "$stage"; done
+fi
+libpath=$stage/lib/x86_64-linux-gnu:$stage/usr/lib/x86_64-linux-gnu
+missing=$(LD_LIBRARY_PATH=$libpath ldd "$stage/usr/bin/makedumpfile" "$stage/sbin/kexec" |
+          awk '/not found/ {print $1}' | sort -u)
+[ -z "$missing" ] || { echo "crash-capture: libraries not found: $missing" >&2; exit 1; }
+mdf() { LD_LIBRARY_PATH=$libpath "$stage/usr/bin/makedumpfile" "$@"; }
+
+# copy_with_libs ROOT BINARY DEST: the binary and its libraries into ROOT
+copy_with_libs() {
+    install -D "$2" "$1$3"
+    LD_LIBRARY_PATH=$libpath ldd "$2" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' |
+        while read -r lib; do
+            install -D "$(realpath "$lib")" "$1/lib/x86_64-linux-gnu/$(basename "$lib")"
+        done
+    install -D /lib64/ld-linux-x86-64.so.2 "$1/lib64/ld-linux-x86-64.so.2"
+}
+
+release=$(dpkg-deb -f "$deb" Package | sed 's/^linux-image-//')
+kernel=$work/kernel-$release
+rm -rf "$kernel" && mkdir -p "$kernel"
+dpkg-deb -x "$deb" "$kernel"
+vmlinuz=$kernel/boot/vmlinuz-$release
+
+# The capture kernel's initramfs: busybox, makedumpfile, the virtio modules.
+cap=$work/capture-root
+rm -rf "$cap" && mkdir -p "$cap/bin" "$cap/proc" "$cap/sys" "$cap/dev" "$cap/modules"
+install "$stage/bin/busybox" "$cap/bin/busybox"
+for a in sh mount insmod poweroff tr sleep echo cat mkdir; do ln -s busybox "$cap/bin/$a"; done
+copy_with_libs "$cap" "$stage/usr/bin/makedumpfile" /bin/makedumpfile
+# virtio_blk and what it needs, in the order their depends= (modinfo) asks
+want="virtio_blk virtio_pci"
+order=""
+while [ -n "$want" ]; do
+    m=${want%% *}; want=${want#"$m"}; want=${want# }
+    case " $order " in *" $m "*) continue ;; esac
+    f=$(find "$kernel/lib/modules" -name "$m.ko" | head -n1)
+    [ -n "$f" ] || continue  # built in
+    deps=$(strings "$f" | sed -n 's/^depends=//p' | tr ',' ' ')
+    pending=$(for d in $deps; do case " $order " in *" $d "*) ;; *) echo "$d" ;; esac; done)
+    if [ -n "$pending" ]; then want="$(echo $pending) $m $want"; continue; fi
+    cp "$f" "$cap/modules/" && order="$order $m"
+done
+echo "$order" >"$cap/modules/order"
+cat >"$cap/init" <<'SH'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp
+for m in $(cat /modules/order); do insmod /modules/$m.ko; done
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+options=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^ksmcap.mdf=//p' | tr ',' ' ')
+echo "KSMINSPECT-CAPTURE: makedumpfile $options -F /proc/vmcore"
+makedumpfile $options -F /proc/vmcore >/dev/vda
+echo "KSMINSPECT-CAPTURE-DONE $?"
+poweroff -f
+SH
+ln -s busybox "$cap/bin/sed"
+chmod +x "$cap/init"
+(cd "$cap" && find . | cpio -o -H newc --quiet | gzip -9 >"$work/capture.cpio.gz")
+
+# The first kernel's initramfs: the workload, kexec, and the capture kernel.
+first=$work/first-root
+rm -rf "$first" && mkdir -p "$first/dev" "$first/proc" "$first/sys" "$first/capture"
+gcc -static -O2 -Wall -o "$first/init" "$here/ksm-workload.c"
+copy_with_libs "$first" "$stage/sbin/kexec" /capture/kexec
+cp "$vmlinuz" "$first/capture/vmlinuz"
+cp "$work/capture.cpio.gz" "$first/capture/initrd.img"
+(cd "$first" && find . | cpio -o -H newc --quiet | gzip -1 >"$work/first.cpio.gz")
+
+disk=$work/disk.img
+rm -f "$disk" && truncate -s 1G "$disk"
+start=$(date +%s)
+python3 "$here/make-dump.py" --kernel "$vmlinuz" --initrd "$work/first.cpio.gz" --out "$out" \
+    --memory 1024 --capture "$disk" \
+    --append "crashkernel=256M ksmw.capture=$(echo "$options" | tr ' ' ',') $append" </dev/null
+rm -f "$out/vmcore"
+mdf -R "$out/vmcore" <"$disk" >/dev/null
+rm -f "$disk"
+python3 - "$out/truth.json" "$options" "$(mdf -v 2>&1 | head -n1)" "$(( $(date +%s) - start ))" <<'PY'
+import json, sys
+path, options, version, seconds = sys.argv[1:]
+truth = json.load(open(path))
+truth["dump"].update(format="makedumpfile", makedumpfile=options, makedumpfile_version=version,
+                     capture_seconds=int(seconds))
+json.dump(truth, open(path, "w"), indent=1, sort_keys=True)
+PY
+ls -la "$out/vmcore"
