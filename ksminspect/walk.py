@@ -35,17 +35,26 @@ class Damage:
     walk: str  # which structure: "ksm_mm_head", "rmap_list", ...
     address: int  # the object whose pointer was bad (0 if the head)
     pointer: int  # the bad pointer
-    problem: str  # "cycle", "fault", "misaligned", "limit"
+    problem: str  # "cycle", "fault", "excluded", "misaligned", "limit"
 
     def sentence(self) -> str:
         what = {
             "cycle": "points back into the walk (a cycle)",
             "fault": "points at memory that cannot be read",
+            "excluded": "points at memory the dump left out (its dump level, or a makedumpfile "
+                        "older than the kernel)",
             "misaligned": "is not aligned for the object it should point at",
             "limit": "leads past the longest walk this structure can have",
         }[self.problem]
         return (f"{self.walk}: the pointer {self.pointer:#x} read from {self.address:#x} "
                 f"{what}; the walk stopped there")
+
+
+def fault(e: Exception) -> str:
+    """A read's failure as a walk's problem: "excluded" where the dump left
+    the page out on purpose (libkdumpfile says "Excluded page"), which is
+    no evidence about the kernel; else "fault"."""
+    return "excluded" if "Excluded page" in str(e) else "fault"
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,8 @@ class Walker:
                 return got
         try:
             return memoryview(self._read(address, size)), 0
-        except drgn.FaultError:
-            raise WalkDamage(Damage(walk, owner, address, "fault")) from None
+        except drgn.FaultError as e:
+            raise WalkDamage(Damage(walk, owner, address, fault(e))) from None
 
     def follow(self, walk: str, first: int, owner: int, member: int, next_at: int, size: int,
                out: "array[int]") -> Optional[Damage]:
@@ -158,8 +167,8 @@ class Walker:
                         lo, hi = 1, 0
                         try:
                             nxt = unpack(self._read(c, size), next_at)[0]
-                        except drgn.FaultError:
-                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, "fault")
+                        except drgn.FaultError as e:
+                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, fault(e))
                             break
                 append(c)
                 steps += 1
@@ -257,8 +266,8 @@ class Walker:
         if where.nr_node_ids is not None:
             try:
                 raw = self._read(where.nr_node_ids, 4)  # int ksm_nr_node_ids
-            except drgn.FaultError:
-                raise WalkDamage(Damage("tree_roots", 0, where.nr_node_ids, "fault")) from None
+            except drgn.FaultError as e:
+                raise WalkDamage(Damage("tree_roots", 0, where.nr_node_ids, fault(e))) from None
             count = int.from_bytes(raw, "little" if self.layout.little_endian else "big", signed=True)
         return [(nid, base + nid * self.ptr) for nid in range(max(count, 0))]
 

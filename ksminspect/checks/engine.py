@@ -22,7 +22,8 @@ from ksminspect.counters import read_counters, read_tunables
 from ksminspect.mm import mm_owner
 from ksminspect.scan import unstable_tree_seqnr
 from ksminspect.session import begin_session, session
-from ksminspect.walk import WalkDamage
+from ksminspect.program import dump_description
+from ksminspect.walk import WalkDamage, fault
 
 
 class Severity(str, enum.Enum):
@@ -116,6 +117,16 @@ class Context:
         """Trees are kept per NUMA node (merge_across_nodes=0)."""
         return self.layout.numa and self.merge_across_nodes == 0
 
+    def left_out(self, e: Optional[Exception] = None) -> str:
+        """Why a rule cannot tell where the dump left out memory it needs:
+        one sentence, naming the dump level and the likely cause."""
+        dump = dump_description(self.prog) or {}
+        level = f" (dump level {dump['dump_level']})" if dump.get("dump_level") is not None else ""
+        return (f"the dump left out memory KSM's objects are in{level}"
+                + (f" (here the page at {str(e).rsplit(': ', 1)[-1]})" if e else "")
+                + ": a dump level keeps slab memory, so the makedumpfile that wrote it may be "
+                  "older than the kernel; what is in those pages is not checked")
+
 
 class RuleOut:
     """One rule's findings and reasons, under its id."""
@@ -155,7 +166,13 @@ def _run(prog: drgn.Program, live: bool, only: Optional[Coll[str]], attempts: in
     chosen = [r for r in RULES if only is None or r.id in only]
     ctx = Context(prog, live, frozenset(w for r in chosen for w in r.needs), attempts)
     for r in chosen:
-        r.run(ctx, RuleOut(ctx, r.id))
+        out = RuleOut(ctx, r.id)
+        try:
+            r.run(ctx, out)
+        except drgn.FaultError as e:
+            if fault(e) != "excluded":
+                raise  # damage: the command says what could not be read
+            out.cannot_tell(ctx.left_out(e))
     if {"stable_trees", "unstable_trees"} <= ctx.walks:
         c = ctx.c
         ctx.report.stats = walked_counts(c, "stable_node_chains" in ctx.counters)

@@ -68,12 +68,17 @@ order=""
 while [ -n "$want" ]; do
     m=${want%% *}; want=${want#"$m"}; want=${want# }
     case " $order " in *" $m "*) continue ;; esac
-    f=$(find "$kernel/lib/modules" -name "$m.ko" | head -n1)
+    f=$(find "$kernel/lib/modules" -name "$m.ko*" | head -n1)
     [ -n "$f" ] || continue  # built in
-    deps=$(strings "$f" | sed -n 's/^depends=//p' | tr ',' ' ')
+    case $f in  # busybox's insmod takes them uncompressed
+        *.xz) xz -dc "$f" >"$cap/modules/$m.ko" ;;
+        *.zst) zstd -qdc "$f" >"$cap/modules/$m.ko" ;;
+        *) cp "$f" "$cap/modules/$m.ko" ;;
+    esac
+    deps=$(strings "$cap/modules/$m.ko" | sed -n 's/^depends=//p' | tr ',' ' ')
     pending=$(for d in $deps; do case " $order " in *" $d "*) ;; *) echo "$d" ;; esac; done)
     if [ -n "$pending" ]; then want="$(echo $pending) $m $want"; continue; fi
-    cp "$f" "$cap/modules/" && order="$order $m"
+    order="$order $m"
 done
 echo "$order" >"$cap/modules/order"
 cat >"$cap/init" <<'SH'

@@ -13,7 +13,10 @@ from ksminspect.walk import BadLink
       "stable_trees", "unstable_trees")
 def walk_damage(ctx: Context, out: RuleOut) -> None:
     for d in ctx.c.rmap_list_damage + ctx.c.tree_damage:
-        out.add(Severity.ERROR, d.address, d.sentence())
+        if d.problem == "excluded":  # the dump's doing, not the kernel's
+            out.cannot_tell(ctx.left_out())
+        else:
+            out.add(Severity.ERROR, d.address, d.sentence())
 
 
 @rule("links", "every back link points where the walk came from: list_head.prev on ksm_mm_head and "
