@@ -118,3 +118,25 @@ def test_dump_that_lacks_ksm_memory_gives_partial_results(partial) -> None:
     report = run_json(*partial.args, "check")
     assert not [f for f in report["findings"] if f["severity"] in ("error", "warning")]
     assert any("the dump left out memory" in why for why in report["cannot_tell"].values())
+
+
+def test_compressed_copies_of_a_kdump_file(tmp_path, monkeypatch) -> None:
+    """A .gz copy of QEMU's flattened kdump-zlib file (the committed one is
+    .xz) reads the same: decompressed, then reassembled, in the cache."""
+    import gzip
+    import shutil
+
+    from conftest import DUMPS, run_json
+
+    from ksminspect.program import decompressed
+
+    dump = next(d for d in DUMPS if d.truth.get("dump", {}).get("format") == "kdump-zlib"
+                and d.vmcore.name.endswith(".xz"))
+    copy = tmp_path / "vmcore.gz"
+    with open(decompressed(str(dump.vmcore)), "rb") as f, gzip.open(copy, "wb", compresslevel=1) as g:
+        shutil.copyfileobj(f, g)
+    monkeypatch.setenv("KSMINSPECT_CACHE", str(tmp_path / "cache"))  # its copies go with tmp_path
+    got = run_json("-c", str(copy), "-s", str(dump.debug), "summary")
+    assert got["counters"] == run_json(*dump.args, "summary")["counters"]
+    assert got["dump"]["format"] == "kdump" and got["dump"]["flattened"]
+    assert got["walked"]["pages_shared"] == int(dump.sysfs["pages_shared"])
