@@ -115,6 +115,12 @@ def _read_at(path: str, offset: int, size: int) -> bytes:
     return b""
 
 
+def _status_at(word: int) -> int:
+    """Where disk_dump_header.status is: after utsname, a struct timeval (two
+    longs, aligned to a long); int block_size, sub_hdr_size, bitmap_blocks follow."""
+    return -(-(_MACHINE_AT + 2 * _UTS_LEN) // word) * word + 2 * word
+
+
 def kdump_header(path: str) -> Optional[KdumpHeader]:
     """The header of a kdump-compressed file, flattened or not; None for
     other files."""
@@ -128,10 +134,7 @@ def kdump_header(path: str) -> Optional[KdumpHeader]:
     machine = text(_MACHINE_AT)
     word, order = _MACHINES.get(machine, ("", 8, "little"))[1:]
     little = order == "little"
-    # after utsname: struct timeval (two longs, aligned to a long), then
-    # int status, int block_size
-    at = _MACHINE_AT + 2 * _UTS_LEN
-    at = -(-at // word) * word + 2 * word
+    at = _status_at(word)
     status, block_size = struct.unpack_from(("<" if little else ">") + "ii", head, at) \
         if len(head) >= at + 8 else (0, 0)
     compression = next((name for bit, name in _COMPRESSION if status & bit), None)
@@ -207,7 +210,7 @@ def kdump_pages(path: str) -> Iterator[tuple[int, bytes]]:
     e = "<" if order == "little" else ">"
     with open(path, "rb") as f:
         head = f.read(4096)
-        at = -(-(_MACHINE_AT + 2 * _UTS_LEN) // word) * word + 2 * word
+        at = _status_at(word)
         status, block_size, sub_hdr_size, bitmap_blocks = struct.unpack_from(e + "iiiI", head, at)
         if block_size <= 0 or sub_hdr_size < 0:
             return

@@ -381,6 +381,11 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
     return text
 
 
+def _is_vmcoreinfo(text: bytes) -> bool:
+    """*text*, found at an "OSRELEASE=", is a VMCOREINFO, not a stray string."""
+    return b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text
+
+
 def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
     """Each VMCOREINFO text in the memory *path* holds (an ELF core's PT_LOAD
     segments, a kdump-compressed file's pages), and whether it starts a page
@@ -392,7 +397,7 @@ def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
             at = page.find(b"OSRELEASE=")
             if at >= 0:
                 text = page[at:].split(b"\0", 1)[0]
-                if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
+                if _is_vmcoreinfo(text):
                     yield text, (paddr + at) % 4096 == 0
         return
     try:
@@ -406,7 +411,7 @@ def _vmcoreinfo_copies(path: str) -> Iterator[tuple[bytes, bool]]:
                 at, end = offset, min(offset + filesz, len(m))
                 while (at := m.find(b"OSRELEASE=", at, end)) >= 0:
                     text = m[at:min(at + VMCOREINFO_BYTES, end)].split(b"\0", 1)[0]
-                    if b"\nPAGESIZE=" in text and b"\nSYMBOL(" in text:
+                    if _is_vmcoreinfo(text):
                         yield text, (paddr + at - offset) % 4096 == 0
                     at += 1
     except (OSError, EOFError, ValueError):
