@@ -147,6 +147,12 @@ def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
     except KsmInspectError as e:
         return fail(str(e), e.exit_code)
     except drgn.FaultError as e:
+        from ksminspect.walk import fault
+        if fault(e) == "excluded":  # the dump's doing: say what it lacks, not damage
+            from ksminspect.layout import get_layout
+            from ksminspect.program import lacks_memory
+            page = e.address & get_layout(app.prog).page_mask
+            return fail(f"cannot tell: {lacks_memory(app.prog, [page])}", EXIT_CANNOT_INSPECT)
         truncated = _truncated_note()
         return fail(f"memory the inspection needs cannot be read ({e}); "
                     + (truncated if truncated else "the dump may be truncated or damaged"))

@@ -6,7 +6,8 @@ from typing import Any
 
 import click
 
-from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress
+from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
+                     say_damage)
 
 
 def cursor_json(prog, cursor) -> dict[str, Any]:
@@ -54,11 +55,11 @@ def mm_command(app, fmt: str) -> None:
         for s in progress(for_each_mm_slot(prog), "mm slots"):
             slots.append(s)
     except WalkDamage as e:
-        damage = e.damage.sentence()
+        damage = e.damage
     data = {
         "mm_slots": [mm_slot_json(s, cursor) for s in slots],
         "cursor": cursor_json(prog, cursor),
-        "damage": damage,
+        "damage": damage.sentence() if damage else None,
     }
 
     def table() -> None:
@@ -75,11 +76,7 @@ def mm_command(app, fmt: str) -> None:
         emit_table(rows, ["pid", "comm", "mm", "stable", "unstable", "none"] + keys + ["cursor"])
         if cursor.at_head(prog):
             click.echo(f"scan cursor: between passes (full_scans {cursor.seqnr})")
-        for s in slots:
-            if s.damage:
-                click.echo(f"walk damage: {s.damage.sentence()}", err=True)
-        if damage:
-            click.echo(f"walk damage: {damage}", err=True)
+        say_damage(prog, [s.damage for s in slots if s.damage] + ([damage] if damage else []))
 
     emit(fmt, data, table)
     fail_if_walk_found_nothing(prog, "rmap_items", sum(sum(s.items.values()) for s in slots),

@@ -30,6 +30,7 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
     """
     from ksminspect.layout import get_layout
     from ksminspect.page import inspect_address, inspect_pfn
+    from ksminspect.program import dump_description
 
     prog = app.prog
     has_offset = get_layout(prog).rmap_item.offset is not None
@@ -41,6 +42,7 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
         "pid": r.pid,
         "address": hexaddr(r.address),
         "ksm": r.is_ksm,
+        "in_dump": r.in_dump,
         "stable_node": hexaddr(r.stable_node),
         "node": node_json(r.entry) if r.entry else None,
         "chain": hexaddr(r.chain.node) if r.chain else None,
@@ -67,6 +69,12 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
         else:
             click.echo(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is not a KSM page "
                        f"(page->mapping {r.mapping:#x})")
+        if r.in_dump is False:
+            dump = dump_description(prog)
+            why = (f": dump level {dump['dump_level']} left out {', '.join(dump['left_out'])}"
+                   if dump["left_out"] else "")
+            click.echo(f"the page's own memory is not in the dump{why}; its struct page and "
+                       f"KSM's objects are in it")
         for i in r.items:
             click.echo(f"rmap_item {i.address:#x} covers it: {i.state.value} "
                        f"{fields_text(i.meaningful(has_offset))}")

@@ -109,6 +109,32 @@ def fail_if_walk_found_nothing(prog, counter: str, walked: int, damaged: bool) -
         click.get_current_context().exit(EXIT_FINDINGS)
 
 
+def dump_words(dump: dict) -> str:
+    """A dump's format in a line: "kdump-compressed (zlib, flattened), dump level 31: ..."."""
+    what = {"elf": "ELF", "kdump": "kdump-compressed"}.get(dump["format"], dump["format"])
+    how = [h for h in (dump["compression"], "flattened" if dump["flattened"] else None) if h]
+    level = "" if dump["dump_level"] is None else f", dump level {dump['dump_level']}"
+    left = f" (left out: {', '.join(dump['left_out'])})" if dump["left_out"] else ""
+    return what + (f" ({', '.join(how)})" if how else "") + level + left
+
+
+def say_damage(prog, damage: Iterable) -> None:
+    """After the output, on stderr: each walk's damage in a line, and the
+    pages the dump left out (not damage: the dump's doing) in one sentence."""
+    from ksminspect.layout import get_layout
+    from ksminspect.program import lacks_memory
+    from ksminspect.walk import excluded_pages
+
+    damage = list(damage)
+    for d in damage:
+        if d.problem != "excluded":
+            click.echo(f"walk damage: {d.sentence()}", err=True)
+    pages = excluded_pages(damage, get_layout(prog).page_mask)
+    if pages:
+        click.echo(f"ksminspect: partial results: {lacks_memory(prog, pages)}; the walks stopped "
+                   f"at {'them' if len(pages) > 1 else 'it'}", err=True)
+
+
 def say_changed_while_read(count: int) -> None:
     """Live kernel: the walks that met their lists changing, in one line."""
     if count:

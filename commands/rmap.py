@@ -8,7 +8,8 @@ from typing import Any, Iterator, Optional
 
 import click
 
-from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress
+from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
+                     say_damage)
 
 
 class Hex(click.ParamType):
@@ -125,8 +126,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
             rows.append(row)
         emit_table(rows, ["item", "pid", "page address", "state", "fields"]
                    + (["other interpretation"] if all_fields else []))
-        for d in lists.damage:
-            click.echo(f"walk damage: {d.sentence()}", err=True)
+        say_damage(prog, lists.damage)
     if pid is None and mm_addr is None:
         fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(lists.damage))
 
@@ -158,7 +158,7 @@ def unstable_tree(app, fmt: str) -> None:
             for item in w.for_each_unstable_item(root):
                 items.append(item)
         except WalkDamage as e:
-            damage.append(e.damage.sentence())
+            damage.append(e.damage)
         trees.append((nid, items))
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
@@ -173,7 +173,7 @@ def unstable_tree(app, fmt: str) -> None:
              "comm": mm_owner(prog, i.mm).comm, "page_address": hexaddr(i.page_address),
              "state": i.state.value, "seqnr": i.seqnr, "nid": i.nid, "age": i.age,
              "oldchecksum": i.oldchecksum} for i in items]} for nid, items in trees],
-        "damage": damage,
+        "damage": [d.sentence() for d in damage],
     }
 
     def table() -> None:
@@ -187,8 +187,7 @@ def unstable_tree(app, fmt: str) -> None:
                        ["item", "pid", "comm", "page address", "seqnr", "age", "oldchecksum"]
                        + (["nid"] if w.layout.numa else []))
             click.echo()
-        for d in damage:
-            click.echo(f"walk damage: {d}", err=True)
+        say_damage(prog, damage)
 
     emit(fmt, data, table)
     fail_if_walk_found_nothing(prog, "pages_unshared", sum(len(items) for _, items in trees),

@@ -11,7 +11,7 @@ from ksminspect.decode import NodeKind
 import click
 
 from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, json_int,
-                     progress, say_changed_while_read)
+                     progress, say_changed_while_read, say_damage)
 
 
 # A sharer as json.dumps() writes it, made from the columns: a host has a
@@ -160,7 +160,7 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
             if _keep(e, min_sharers, pid):
                 bucket.append(_filter(e, min_sharers, pid, all_dups))
     except WalkDamage as e:
-        damage.append(e.damage.sentence())
+        damage.append(e.damage)
     shown = [e for entries in trees.values() for e in entries] + migrate
     total = totals(shown)
     if fmt == "json":
@@ -169,12 +169,11 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
                       for n, entries in trees.items()],
             "migrate_nodes": [node_json(e) for e in migrate],
             "totals": total,
-            "damage": damage,
+            "damage": [d.sentence() for d in damage],
         })
     else:
         draw(trees, migrate, total, all_dups)
-        for d in damage:
-            click.echo(f"walk damage: {d}", err=True)
+        say_damage(app.prog, damage)
     say_changed_while_read(session(app.prog).collection.changed_while_read)
     if nid is None:
         fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))

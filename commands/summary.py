@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .render import emit, emit_table, fail_if_walk_found_nothing, format_option, say_changed_while_read
+from .render import (dump_words, emit, emit_table, fail_if_walk_found_nothing, format_option,
+                     say_changed_while_read, say_damage)
 
 
 @click.command()
@@ -50,22 +51,12 @@ def summary(app, fmt: str, watch: float | None) -> None:
         emit_table(rows, ("counter", "kernel", "walked", ""))
         click.echo()
         emit_table(sorted(tunables.items()), ("tunable", "value"))
-        for d in walked_counts.damage:
-            click.echo(f"walk damage: {d.sentence()}", err=True)
+        say_damage(prog, walked_counts.damage)
 
     emit(fmt, data, table)
     say_changed_while_read(walked_counts.changed_while_read)
     fail_if_walk_found_nothing(prog, "rmap_items", walked_counts.rmap_items,
                                bool(walked_counts.damage))
-
-
-def dump_words(dump: dict) -> str:
-    """A dump's format in a line: "kdump-compressed (zlib, flattened), dump level 31: ..."."""
-    what = {"elf": "ELF", "kdump": "kdump-compressed"}.get(dump["format"], dump["format"])
-    how = [h for h in (dump["compression"], "flattened" if dump["flattened"] else None) if h]
-    level = "" if dump["dump_level"] is None else f", dump level {dump['dump_level']}"
-    left = f" (left out: {', '.join(dump['left_out'])})" if dump["left_out"] else ""
-    return what + (f" ({', '.join(how)})" if how else "") + level + left
 
 
 # Rates worth watching: name shown -> counter whose change per second it is.

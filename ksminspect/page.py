@@ -13,6 +13,7 @@ from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, KsmInspectError
 from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
+from ksminspect.program import dump_description
 from ksminspect.walk import RmapLists, WalkDamage, walker
 
 
@@ -37,6 +38,7 @@ class PageReport:
     items: list[RmapItem]  # rmap_items covering the page when it is not KSM
     pid: Optional[int] = None
     address: Optional[int] = None
+    in_dump: Optional[bool] = None  # the page frame's own memory (False: the dump left it out)
 
     @property
     def is_ksm(self) -> bool:
@@ -65,6 +67,20 @@ def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
         return page.value_(), page.mapping.value_()
     except drgn.FaultError:
         raise KsmInspectError(f"pfn {pfn:#x} has no readable struct page") from None
+
+
+def page_in_dump(prog: drgn.Program, pfn: int) -> Optional[bool]:
+    """Whether the dump holds page frame *pfn*'s own memory (a frame with a
+    struct page: RAM): False where the dump left it out (a dump level
+    leaves out user pages, KSM's among them; a filtered ELF file simply
+    has no segment for it); None on a live kernel."""
+    if dump_description(prog) is None:
+        return None
+    try:
+        prog.read(pfn << walker(prog).layout.page_shift, 1, True)
+        return True
+    except drgn.FaultError:
+        return False
 
 
 def _find_node(prog: drgn.Program, node: int) -> tuple[Optional[StableTreeNode], Optional[StableTreeNode]]:
@@ -108,13 +124,13 @@ def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
     if mapping & PAGE_MAPPING_FLAGS == PAGE_MAPPING_KSM:
         node = mapping & ~PAGE_MAPPING_FLAGS
         entry, chain = _find_node(prog, node)
-        return PageReport(pfn, page, mapping, node, entry, chain, [])
+        return PageReport(pfn, page, mapping, node, entry, chain, [], in_dump=page_in_dump(prog, pfn))
     try:
         index = pfn_to_page(prog, pfn).index.value_()
     except (drgn.FaultError, AttributeError, LookupError):
         index = None
     items = _items_for_anon_page(prog, pfn, index) if index is not None and mapping & 1 else []
-    return PageReport(pfn, page, mapping, None, None, None, items)
+    return PageReport(pfn, page, mapping, None, None, None, items, in_dump=page_in_dump(prog, pfn))
 
 
 def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:

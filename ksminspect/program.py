@@ -13,7 +13,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import drgn
 
@@ -512,6 +512,22 @@ def dump_description(prog: drgn.Program) -> Optional[dict[str, object]]:
     """What the dump file *prog* was opened from is (dumpfile.describe());
     None for the live kernel and for a Program ksminspect did not open."""
     return prog.cache.get("ksminspect_dump")
+
+
+def lacks_memory(prog: drgn.Program, pages: Sequence[int] = (), of: str = "KSM's objects") -> str:
+    """One sentence: the dump left out memory of *of* (*pages*, where
+    known), and the likely cause. No dump level leaves out kernel objects,
+    so where one was given the makedumpfile that applied it most likely did
+    not know this kernel's page flags."""
+    dump = dump_description(prog) or {}
+    level = dump.get("dump_level")
+    shown = ", ".join(f"{p:#x}" for p in pages[:4]) + (", ..." if len(pages) > 4 else "")
+    what = (f"the dump lacks {len(pages)} page{'s' if len(pages) != 1 else ''} of {of} ({shown})"
+            if pages else f"the dump lacks memory of {of}")
+    if level is None:
+        return f"{what}: it was filtered or cut short"
+    return (f"{what}: it was filtered at dump level {level}, which keeps kernel objects, so the "
+            f"makedumpfile that wrote it is likely older than the kernel ({kernel_release(prog)})")
 
 
 def kernel_release(prog: drgn.Program) -> str:

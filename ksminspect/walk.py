@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import drgn
 
@@ -55,6 +55,11 @@ def fault(e: Exception) -> str:
     the page out on purpose (libkdumpfile says "Excluded page"), which is
     no evidence about the kernel; else "fault"."""
     return "excluded" if "Excluded page" in str(e) else "fault"
+
+
+def excluded_pages(damage: Iterable[Damage], page_mask: int) -> list[int]:
+    """The pages the dump left out that walks met, each once."""
+    return sorted({d.pointer & page_mask for d in damage if d.problem == "excluded"})
 
 
 @dataclass(frozen=True)

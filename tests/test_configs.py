@@ -98,11 +98,14 @@ def test_i386_seed_offset_rules() -> None:
 
 def test_cannot_tell_is_never_a_finding(dump: Dump) -> None:
     """A check that cannot run for some objects says why, and reports
-    nothing it could not judge."""
+    nothing it could not judge. Where a helper or this kernel's
+    configuration stops it, that is every object; where the dump lacks some
+    pages, it is the objects in them, and the rest are judged."""
     data = json.loads(run_cli(*dump.args, "check", "--format", "json").stdout)
     for check, why in data["cannot_tell"].items():
         assert why
-        assert not [f for f in data["findings"] if f["check"] == check and f["severity"] != "info"]
+        if "the dump lacks" not in why:
+            assert not [f for f in data["findings"] if f["check"] == check and f["severity"] != "info"]
 
 
 @pytest.mark.parametrize("dump32", i386_dumps(), ids=lambda d: d.name)

@@ -104,7 +104,8 @@ def test_dump_that_lacks_ksm_memory_gives_partial_results(partial) -> None:
     """A crash-kernel capture by a makedumpfile older than the kernel
     (Debian 12's 1.7.2 on a 6.12 kernel) leaves out some of KSM's slab
     pages: every command shows what it could read, exits 0 or 1, and says
-    that the dump left the rest out; nothing is called damage."""
+    once, in one sentence, which pages the dump lacks and why; nothing is
+    called damage."""
     from conftest import run_cli, run_json
 
     for command in (["summary"], ["mm"], ["stable-tree"], ["unstable-tree"], ["rmap"],
@@ -112,31 +113,128 @@ def test_dump_that_lacks_ksm_memory_gives_partial_results(partial) -> None:
         result = run_cli(*partial.args, *command)
         assert result.exit_code in (0, 1), (command, result.output)
         assert result.output.strip(), command
+        assert "walk damage" not in result.stderr, command
         assert "points at memory that cannot be read" not in result.stderr, command
     summary = run_cli(*partial.args, "summary")
-    assert "points at memory the dump left out" in summary.stderr
+    said = [line for line in summary.stderr.splitlines() if "the dump lacks" in line]
+    walked = run_json(*partial.args, "summary")["walked"]
+    if any(walked[k] != int(v) for k, v in partial.sysfs.items() if walked.get(k) is not None):
+        assert len(said) == 1, summary.stderr  # the walks stopped where the dump has no memory
+        assert said[0].startswith("ksminspect: partial results: the dump lacks ")
+        assert "dump level 31" in said[0] and "older than the kernel" in said[0]
+    else:
+        assert not said, summary.stderr
     report = run_json(*partial.args, "check")
-    assert not [f for f in report["findings"] if f["severity"] in ("error", "warning")]
-    assert any("the dump left out memory" in why for why in report["cannot_tell"].values())
+    twin = elf_twin(partial)
+    alarms = {(f["check"], f["address"]) for f in report["findings"] if f["severity"] in ("error", "warning")}
+    if twin is None:
+        assert not alarms
+    else:  # what it finds, QEMU's dump of the same state finds too
+        assert alarms <= {(f["check"], f["address"]) for f in run_json(*twin.args, "check")["findings"]}
+    assert report["cannot_tell"]
+    assert any("dump level 31" in why for why in report["cannot_tell"].values()), report["cannot_tell"]
 
 
-def test_compressed_copies_of_a_kdump_file(tmp_path, monkeypatch) -> None:
-    """A .gz copy of QEMU's flattened kdump-zlib file (the committed one is
-    .xz) reads the same: decompressed, then reassembled, in the cache."""
+def elf_twin(capture):
+    """QEMU's ELF dump of the state *capture* was taken of, if one was made
+    (vmcores/dumps.tsv: also)."""
+    from conftest import ALL_DUMPS
+
+    return next((d for d in ALL_DUMPS if d.truth["dump"].get("before_crash_of") == capture.name), None)
+
+
+@pytest.mark.parametrize("capture", [d for d in __import__("conftest").ALL_DUMPS
+                                     if d.truth["dump"].get("makedumpfile") and elf_twin(d)],
+                         ids=lambda d: d.name)
+def test_capture_finds_what_qemu_dump_of_the_same_state_finds(capture) -> None:
+    """A crash-kernel capture and QEMU's ELF dump of the same guest state,
+    taken just before the crash: the same rules fire on the same objects,
+    but for the objects the capture says it cannot tell about (on the
+    seed's kernel with the resets skipped: the stale offsets, exit 1)."""
+    from conftest import run_cli, run_json
+
+    twin = elf_twin(capture)
+    got, want = run_json(*capture.args, "check"), run_json(*twin.args, "check")
+
+    def alarms(report, checks=None):
+        return {(f["check"], f["rule"], f["address"]) for f in report["findings"]
+                if f["severity"] in ("error", "warning") and (checks is None or f["check"] in checks)}
+
+    judged = {f["check"] for f in want["findings"]} - set(got["cannot_tell"])
+    assert alarms(got) <= alarms(want)
+    assert alarms(got, judged) == alarms(want, judged)  # the same rules, on the same objects
+    if alarms(want, judged):
+        assert run_cli(*capture.args, "check").exit_code == 1
+
+
+def leaves_out_user_pages(d) -> bool:
+    """The dump is a kdump-compressed file filtered by a makedumpfile -d
+    level with user pages (8). (Its -E ELF output keeps short runs of
+    excluded pages: whether a given page is in it is not known beforehand.)"""
+    options = d.truth["dump"].get("makedumpfile", "").split()
+    return ("-d" in options and "-E" not in options
+            and int(options[options.index("-d") + 1]) & 8 != 0)
+
+
+@pytest.mark.parametrize("filtered", [d for d in __import__("conftest").DUMPS if leaves_out_user_pages(d)],
+                         ids=lambda d: d.name)
+def test_page_the_dump_left_out(filtered) -> None:
+    """A dump level that leaves out user pages leaves out KSM's pages too:
+    `page --pid` on one says so, and still answers from the struct page and
+    KSM's objects, which the dump keeps."""
+    from conftest import run_cli, run_json
+
+    from conftest import cannot_tell_or_json
+
+    item = next(i for i in run_json(*filtered.args, "rmap")["items"] if i["state"] == "stable")
+    got = cannot_tell_or_json(filtered, "page", "--pid", str(item["pid"]), item["page_address"])
+    if got is None:
+        pytest.skip("drgn cannot find a page frame's struct page on this kernel")
+    assert got["ksm"] is True and got["in_dump"] is False
+    table = run_cli(*filtered.args, "page", "--pid", str(item["pid"]), item["page_address"])
+    assert table.exit_code == 0
+    assert "the page's own memory is not in the dump: dump level " in table.stdout
+    assert "user pages" in table.stdout
+
+
+def one_dump_per_format() -> list:
+    """The first committed dump of each file format: QEMU's ELF, QEMU's
+    flattened kdump-zlib, a makedumpfile capture (by its options)."""
+    from conftest import DUMPS
+
+    seen: dict[str, object] = {}
+    for d in DUMPS:
+        dump = d.truth.get("dump", {})
+        seen.setdefault(dump.get("makedumpfile") or dump.get("format", "elf"), d)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+@pytest.mark.parametrize("sample", one_dump_per_format(), ids=lambda d: d.name)
+def test_compressed_copies_of_each_format(sample, suffix, tmp_path, monkeypatch) -> None:
+    """A .gz or .zst copy of a dump (the committed ones are .xz, the extra
+    ones raw) reads the same: decompressed, reassembled where flattened, in
+    the cache."""
     import gzip
     import shutil
+    import subprocess
 
-    from conftest import DUMPS, run_json
+    from conftest import run_json
 
     from ksminspect.program import decompressed
 
-    dump = next(d for d in DUMPS if d.truth.get("dump", {}).get("format") == "kdump-zlib"
-                and d.vmcore.name.endswith(".xz"))
-    copy = tmp_path / "vmcore.gz"
-    with open(decompressed(str(dump.vmcore)), "rb") as f, gzip.open(copy, "wb", compresslevel=1) as g:
-        shutil.copyfileobj(f, g)
+    raw = decompressed(str(sample.vmcore)) if sample.vmcore.name.endswith(".xz") else str(sample.vmcore)
+    copy = tmp_path / f"vmcore{suffix}"
+    if suffix == ".gz":
+        with open(raw, "rb") as f, gzip.open(copy, "wb", compresslevel=1) as g:
+            shutil.copyfileobj(f, g)
+    elif shutil.which("zstd"):
+        subprocess.run(["zstd", "-q", "-1", "-T2", "-o", str(copy), raw], check=True)
+    else:
+        pytest.skip("no zstd here")
     monkeypatch.setenv("KSMINSPECT_CACHE", str(tmp_path / "cache"))  # its copies go with tmp_path
-    got = run_json("-c", str(copy), "-s", str(dump.debug), "summary")
-    assert got["counters"] == run_json(*dump.args, "summary")["counters"]
-    assert got["dump"]["format"] == "kdump" and got["dump"]["flattened"]
-    assert got["walked"]["pages_shared"] == int(dump.sysfs["pages_shared"])
+    got = run_json("-c", str(copy), "-s", str(sample.debug), "summary")
+    want = run_json(*sample.args, "summary")
+    assert got["counters"] == want["counters"] and got["walked"] == want["walked"]
+    assert got["dump"] == want["dump"]
+    assert got["walked"]["pages_shared"] == int(sample.sysfs["pages_shared"])

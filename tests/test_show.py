@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import Dump, run_cli, run_json
+from conftest import Dump, cannot_tell_or_json, run_cli, run_json
 
 
 def test_mm_equals_ksm_stat(dump: Dump) -> None:
@@ -139,14 +139,6 @@ def test_page_of_ksm_page_and_of_cow_broken_page(dump: Dump) -> None:
         assert [i["item"] for i in by_address["items"]] == [sharer["item"]]
 
 
-def cannot_tell_or_json(dump: Dump, *args: str):
-    from ksminspect.errors import KsmInspectError
-
-    try:
-        return run_json(*dump.args, *args)
-    except KsmInspectError as e:
-        assert str(e).startswith("cannot tell"), e
-        return None
 
 
 def test_every_command_has_help() -> None:

@@ -22,8 +22,8 @@ from ksminspect.counters import read_counters, read_tunables
 from ksminspect.mm import mm_owner
 from ksminspect.scan import unstable_tree_seqnr
 from ksminspect.session import begin_session, session
-from ksminspect.program import dump_description
-from ksminspect.walk import WalkDamage, fault
+from ksminspect.program import lacks_memory
+from ksminspect.walk import WalkDamage, excluded_pages, fault
 
 
 class Severity(str, enum.Enum):
@@ -117,15 +117,12 @@ class Context:
         """Trees are kept per NUMA node (merge_across_nodes=0)."""
         return self.layout.numa and self.merge_across_nodes == 0
 
-    def left_out(self, e: Optional[Exception] = None) -> str:
+    def left_out(self, e: Optional[drgn.FaultError] = None) -> str:
         """Why a rule cannot tell where the dump left out memory it needs:
-        one sentence, naming the dump level and the likely cause."""
-        dump = dump_description(self.prog) or {}
-        level = f" (dump level {dump['dump_level']})" if dump.get("dump_level") is not None else ""
-        return (f"the dump left out memory KSM's objects are in{level}"
-                + (f" (here the page at {str(e).rsplit(': ', 1)[-1]})" if e else "")
-                + ": a dump level keeps slab memory, so the makedumpfile that wrote it may be "
-                  "older than the kernel; what is in those pages is not checked")
+        the page of the read *e*, else the pages the walks stopped at."""
+        pages = ([e.address & self.layout.page_mask] if e is not None else
+                 excluded_pages(self.c.rmap_list_damage + self.c.tree_damage, self.layout.page_mask))
+        return lacks_memory(self.prog, pages) + "; what is in it is not checked"
 
 
 class RuleOut:

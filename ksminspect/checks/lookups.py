@@ -15,7 +15,8 @@ import drgn
 import numpy as np
 
 from ksminspect.errors import HELPER_LIMITS
-from ksminspect.walk import Walker, WalkDamage
+from ksminspect.program import dump_description, lacks_memory
+from ksminspect.walk import Walker, WalkDamage, fault
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,13 @@ class Lookups:
             for vma in for_each_vma(drgn.Object(self.prog, "struct mm_struct *", mm)):
                 rows.append((vma.vm_start.value_(), vma.vm_end.value_(), vma.vm_pgoff.value_(),
                              _vm_flags(vma)))
-        except (drgn.FaultError, ValueError) as e:
+        except drgn.FaultError as e:
+            self.why.setdefault("vmas", lacks_memory(self.prog, [e.address & self.layout.page_mask],
+                                                     of=f"the VMAs of mm {mm:#x}")
+                                if fault(e) == "excluded" else
+                                f"the VMAs of mm {mm:#x} cannot be read ({e})")
+            return None
+        except ValueError as e:
             self.why.setdefault("vmas", f"the VMAs of mm {mm:#x} cannot be read ({e})")
             return None
         except HELPER_LIMITS as e:
@@ -114,6 +121,15 @@ class Lookups:
         if info.address != address:
             return "points into the middle of a slab object"
         name = info.slab_cache.name.string_().decode(errors="replace")
+        if info.allocated is None:  # a freelist drgn needed could not be read
+            level = (dump_description(self.prog) or {}).get("dump_level")
+            self.why.setdefault("slab", f"drgn's slab_object_info() cannot tell whether objects of "
+                                        f"slab cache {name} are allocated: a freelist of the cache "
+                                        f"cannot be read" + (
+                                            f" (the dump was filtered at dump level {level}, which "
+                                            f"keeps kernel objects: a makedumpfile older than the "
+                                            f"kernel may have left it out)" if level is not None else ""))
+            return NO_ANSWER
         if not info.allocated:
             return f"is a free object of slab cache {name}"
         if name != "anon_vma":

@@ -34,8 +34,10 @@
  *                  crash-kernel capture, as a distribution takes one. At start
  *                  /capture/kexec -p loads /capture/vmlinuz with
  *                  /capture/initrd.img (whose /init runs makedumpfile with
- *                  these options); once the truth is printed, the kernel is
- *                  crashed through /proc/sysrq-trigger.
+ *                  these options) and both files are removed; 10 s after
+ *                  the truth is printed (QEMU's dumps of the same state are
+ *                  taken meanwhile), the kernel is crashed through
+ *                  /proc/sysrq-trigger.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -542,6 +544,10 @@ static void load_capture_kernel(const char *options)
 	if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
 	    WEXITSTATUS(status) != 0)
 		say("kexec -p failed: no capture kernel");
+	/* loaded: their pages freed (and zeroed, with init_on_free=1), so
+	 * that QEMU's dumps of this guest hold one copy, not three */
+	unlink("/capture/vmlinuz");
+	unlink("/capture/initrd.img");
 }
 
 int main(void)
@@ -722,10 +728,11 @@ record:
 	printf("}\nKSMINSPECT-TRUTH-END\nKSMINSPECT-READY\n");
 	fflush(stdout);
 	if (strstr(cmdline, "ksmw.capture=")) {
-		/* crash: the capture kernel writes the dump */
+		/* crash: the capture kernel writes the dump; first, 10 s for
+		 * the host to take QEMU's dumps of the same state */
 		int fd = open("/proc/sysrq-trigger", O_WRONLY);
 
-		sleep(1);
+		sleep(10);
 		if (fd >= 0)
 			write(fd, "c", 1);
 		say("sysrq-trigger: no crash");

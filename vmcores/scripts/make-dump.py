@@ -57,6 +57,13 @@ def qmp(sock_path: str, *commands: dict) -> list[dict]:
     return replies
 
 
+def dump_guest_memory(sock: str, fmt: str, path: str, paging: bool) -> None:
+    arguments = {"paging": paging, "protocol": f"file:{os.path.abspath(path)}"}
+    if fmt != "elf":
+        arguments["format"] = fmt
+    qmp(sock, {"execute": "dump-guest-memory", "arguments": arguments})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", required=True)
@@ -67,7 +74,8 @@ def main() -> int:
     ap.add_argument("--format", default="elf", choices=["elf", "kdump-zlib"],
                     help="QEMU's dump format; kdump-zlib is written flattened, as virsh dump writes it")
     ap.add_argument("--also", metavar="FORMAT=FILE", action="append", default=[],
-                    help="a second dump of the same guest state in another format")
+                    help="a second dump of the same guest state in another format (with "
+                         "--capture: QEMU's, taken before the guest crashes)")
     ap.add_argument("--capture", metavar="DISK",
                     help="no QEMU dump: the guest crashes into a capture kernel that writes "
                          "the dump onto this raw disk and powers off (crash-capture.sh)")
@@ -109,11 +117,16 @@ def main() -> int:
                 raise SystemExit(f"QEMU exited early; see {log}")
             if time.time() - start > args.timeout:
                 raise SystemExit(f"no KSMINSPECT-READY within {args.timeout} s; see {log}")
-            time.sleep(2)
+            time.sleep(0.25 if args.capture else 2)  # a capture's guest crashes 10 s after
             with open(log, errors="replace") as f:
                 text = f.read()
         vmcore = os.path.join(args.out, "vmcore")
         if args.capture:  # the guest crashes; its capture kernel writes the dump
+            if args.also:  # the state before it, in QEMU's formats
+                qmp(sock, {"execute": "stop"})
+                for fmt, path in [a.split("=", 1) for a in args.also]:
+                    dump_guest_memory(sock, fmt, path, args.paging)
+                qmp(sock, {"execute": "cont"})
             vm.wait(args.timeout)
             with open(log, errors="replace") as f:
                 text = f.read()
@@ -123,10 +136,7 @@ def main() -> int:
             if os.path.exists(vmcore):
                 os.unlink(vmcore)
             for fmt, path in [(args.format, vmcore)] + [a.split("=", 1) for a in args.also]:
-                arguments = {"paging": args.paging, "protocol": f"file:{os.path.abspath(path)}"}
-                if fmt != "elf":
-                    arguments["format"] = fmt
-                qmp(sock, {"execute": "dump-guest-memory", "arguments": arguments})
+                dump_guest_memory(sock, fmt, path, args.paging)
             qmp(sock, {"execute": "quit"})
             vm.wait(60)
     finally:

@@ -99,6 +99,8 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
         offset = c.items["offset"][rows].astype(np.uint64)
         index = c.page_address(rows) >> shift
         vmas, at = _vma_of(ctx, mm, rows)
+        if vmas is None:  # the linear page index can still be matched; vm_pgoff cannot
+            out.cannot_tell(ctx.look.why["vmas"])
         pgoff = vmas.pgoff[np.maximum(at, 0)] if vmas is not None else np.zeros(len(rows), np.uint64)
         by_pgoff = (at >= 0) & (offset == pgoff) & (pgoff != index)
         for k in np.nonzero((offset != 0) & ((offset == index) | by_pgoff))[0]:
