@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
 from ksminspect.errors import EXIT_FINDINGS, EXIT_OK
 
-from .render import emit_json, emit_table, format_option, hexaddr
+from .render import emit_json, emit_table, format_option_with, hexaddr
 
 
 def finding_json(f) -> dict[str, Any]:
@@ -27,20 +27,62 @@ def _complete_checks(incomplete: str) -> list:
     return [CompletionItem(prefix + r.id, help=r.keeps) for r in RULES if r.id.startswith(last)]
 
 
+# KTAP (Documentation/dev-tools/ktap.rst): diagnostics shown per failing check.
+KTAP_SHOWN = 5
+
+
+def ktap_lines(checks: list[str], findings: list, cannot_tell: dict[str, str],
+               strict: bool) -> Iterator[str]:
+    """KTAP version 1: a test per check, "not ok" where it has error-level
+    findings (with strict, warnings too), "# SKIP" where it could judge
+    nothing; counts and the first findings as diagnostics."""
+    from ksminspect.checks import Severity
+
+    failing = {Severity.ERROR} | ({Severity.WARNING} if strict else set())
+    yield "KTAP version 1"
+    yield f"1..{len(checks)}"
+    totals = {"pass": 0, "fail": 0, "skip": 0}
+    for number, name in enumerate(checks, 1):
+        mine = [f for f in findings if f.check == name]
+        counts = {s: sum(f.severity == s for f in mine) for s in Severity}
+        if mine:
+            yield (f"# {name}: {counts[Severity.ERROR]} errors, {counts[Severity.WARNING]} "
+                   f"warnings, {counts[Severity.INFO]} info")
+        bad = [f for f in mine if f.severity in failing]
+        for f in bad[:KTAP_SHOWN]:
+            yield f"# {f.severity.value}: {f.message}"
+        if len(bad) > KTAP_SHOWN:
+            yield f"# ... and {len(bad) - KTAP_SHOWN} more"
+        if bad:
+            totals["fail"] += 1
+            yield f"not ok {number} {name}"
+        elif name in cannot_tell and not mine:
+            totals["skip"] += 1
+            yield f"ok {number} {name} # SKIP cannot tell: {cannot_tell[name]}"
+        else:
+            if name in cannot_tell:
+                yield f"# cannot tell for some objects: {cannot_tell[name]}"
+            totals["pass"] += 1
+            yield f"ok {number} {name}"
+    yield (f"# Totals: pass:{totals['pass']} fail:{totals['fail']} xfail:0 xpass:0 "
+           f"skip:{totals['skip']} error:0")
+
+
 @click.command("check")
 @click.option("--strict", is_flag=True, help="Warnings count as errors for the exit code.")
 @click.option("--only", metavar="CHECK[,CHECK...]", shell_complete=lambda ctx, param, incomplete:
               _complete_checks(incomplete),
               help="Run only these checks (and only the walks they need).")
-@click.option("--retries", type=int, default=3, show_default=True,
+@click.option("--retries", type=click.IntRange(min=1), default=3, show_default=True,
               help="Live kernel: walks taken before walk damage is believed.")
-@format_option
+@format_option_with("ktap")
 @click.pass_obj
 def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
     """Check every invariant of a healthy KSM; find stale offsets and anon_vmas.
 
     Exit code: 0 no error-level finding, 1 error-level findings (with
-    --strict, warnings too), 2 the kernel cannot be inspected. On a live
+    --strict, warnings too), 2 the kernel cannot be inspected. --format ktap
+    writes KTAP, the kernel selftests' format: one test per check. On a live
     kernel (KSM moves while it is read) each finding is confirmed by reading
     again what it names; what changed meanwhile is counted, not listed, and
     what stays is marked transient.
@@ -49,6 +91,7 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
     Examples:
       ksminspect -c vmcore.xz -s vmlinux.debug.xz check
       sudo ksminspect check --strict --format json
+      sudo ksminspect check --format ktap     # after tools/testing/selftests/mm
     """
     from ksminspect.checks import CHECKS, Severity, check_live, run_checks
 
@@ -68,6 +111,9 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
         emit_json({"findings": [finding_json(f) for f in findings], "counts": counts,
                    "checks": chosen or list(CHECKS), "stats": report.stats, "live": app.live,
                    "cannot_tell": cannot_tell})
+    elif fmt == "ktap":
+        for line in ktap_lines(chosen or list(CHECKS), findings, cannot_tell, strict):
+            click.echo(line)
     else:
         by_check: dict[str, list] = {}
         for f in findings:

@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from drgn import Program
-from drgn.commands import ParsedCommand, custom_command, parse_shell_command
+from drgn.commands import ParsedCommand, parse_shell_command
+from drgn.commands.linux import linux_kernel_custom_command
 
 
 def _parse(source: str) -> ParsedCommand[Any]:
     return parse_shell_command(source)
 
 
-@custom_command(
+@linux_kernel_custom_command(
     name="ksm",
     description="inspect kernel samepage merging (ksminspect)",
     usage="**ksm** *COMMAND* [*OPTIONS*]",

@@ -58,7 +58,45 @@ class App:
         return self.core is None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Takes -c/--core and -s/--symbols after the command too (``ksminspect
+    summary -c vmcore -s vmlinux``), as crash and drgn users type them, and
+    -f/--format before it."""
+
+    GLOBAL = ("-c", "--core", "-s", "--symbols")
+    FORMAT = ("-f", "--format")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._hoist(list(args)))
+
+    def _hoist(self, args: list[str]) -> list[str]:
+        i, before, fmt = 0, [], []
+        while i < len(args) and args[i] not in self.commands:  # the global part
+            step = 2 if args[i] in self.GLOBAL + self.FORMAT else 1
+            (fmt if args[i] in self.FORMAT else before).extend(args[i:i + step])
+            i += step
+        if i >= len(args):
+            return args
+        command, rest, moved = args[i], fmt, []
+        j = i + 1
+        while j < len(args):
+            a = args[j]
+            if a == "--":
+                rest += args[j:]
+                break
+            if a in self.GLOBAL and j + 1 < len(args):
+                moved += args[j:j + 2]
+                j += 2
+                continue
+            if a.startswith(("--core=", "--symbols=")):
+                moved.append(a)
+            else:
+                rest.append(a)
+            j += 1
+        return before + moved + [command] + rest
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--core", metavar="PATH",
               help="vmcore to inspect (.zst, .xz, .gz are decompressed once into "
                    "~/.cache/ksminspect); without it, the running kernel via /proc/kcore.")
@@ -77,10 +115,14 @@ def cli(ctx: click.Context, core: Optional[str], symbols: tuple[str, ...]) -> No
     """
     if not isinstance(ctx.obj, App):  # inside drgn the App comes with its program
         ctx.obj = App(core, symbols)
+    elif core or symbols:
+        raise KsmInspectError("-c and -s choose the kernel, and inside drgn the kernel is the one "
+                              "drgn has: start drgn with -c VMCORE -s VMLINUX instead")
     _APP[:] = [ctx.obj]
 
 
 def _register() -> None:
+    from .cache import cache_command
     from .check import check
     from .mm import mm_command
     from .page import page
@@ -89,7 +131,8 @@ def _register() -> None:
     from .stable_tree import stable_tree
     from .summary import summary
 
-    for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, snapshot, diff):
+    for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, snapshot, diff,
+                    cache_command):
         cli.add_command(command)
 
 

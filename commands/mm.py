@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import click
 
+from .params import PID, require_process, say_nothing_matched
 from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
                      say_damage)
 
@@ -31,9 +32,10 @@ def mm_slot_json(s, cursor) -> dict[str, Any]:
 
 
 @click.command("mm")
+@click.option("--pid", type=PID, help="Only the mm of process PID.")
 @format_option
 @click.pass_obj
-def mm_command(app, fmt: str) -> None:
+def mm_command(app, pid: Optional[int], fmt: str) -> None:
     """One row per mm on ksm_mm_head, in scan order.
 
     Shows the owner (pid, comm; "exited" when mm_users is 0), the mm's
@@ -49,6 +51,7 @@ def mm_command(app, fmt: str) -> None:
     from ksminspect.walk import WalkDamage
 
     prog = app.prog
+    require_process(prog, pid)
     cursor = read_scan_cursor(prog)
     slots, damage = [], None
     try:
@@ -56,18 +59,19 @@ def mm_command(app, fmt: str) -> None:
             slots.append(s)
     except WalkDamage as e:
         damage = e.damage
+    shown = [s for s in slots if pid is None or s.owner.pid == pid]
     data = {
-        "mm_slots": [mm_slot_json(s, cursor) for s in slots],
+        "mm_slots": [mm_slot_json(s, cursor) for s in shown],
         "cursor": cursor_json(prog, cursor),
         "damage": damage.sentence() if damage else None,
     }
 
     def table() -> None:
-        keys = sorted({k for s in slots for k in s.counters},
+        keys = sorted({k for s in shown for k in s.counters},
                       key=["ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages",
                            "ksm_process_profit"].index)
         rows = []
-        for s in slots:
+        for s in shown:
             owner = "exited" if s.owner.exited else (s.owner.comm or "?")
             here = f"<- next {cursor.address:#x}" if cursor.mm_slot == s.slot else ""
             rows.append([s.owner.pid if s.owner.pid is not None else "-", owner, f"{s.mm:#x}",
@@ -81,3 +85,5 @@ def mm_command(app, fmt: str) -> None:
     emit(fmt, data, table)
     fail_if_walk_found_nothing(prog, "rmap_items", sum(sum(s.items.values()) for s in slots),
                                bool(damage) or any(s.damage for s in slots))
+    if pid is not None and not shown:
+        say_nothing_matched(f"process {pid}: not on ksm_mm_head (KSM does not scan it)")

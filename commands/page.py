@@ -7,34 +7,37 @@ from typing import Optional
 import click
 
 from .render import emit, format_option, hexaddr
-from .rmap import HEX, fields_json, fields_text
+from .params import HEX, PID
+from .rmap import fields_json, fields_text
 from .stable_tree import draw, node_json, totals
 
 
 @click.command("page")
 @click.argument("target", type=HEX)
-@click.option("--pid", type=int, help="TARGET is a virtual address in process PID, not a PFN.")
+@click.option("--pid", type=PID, help="TARGET is a virtual address in process PID, not a PFN.")
 @format_option
 @click.pass_obj
 def page(app, target: int, pid: Optional[int], fmt: str) -> None:
     """Is a page KSM? Its stable node, chain and sharers, or its rmap_items.
 
-    TARGET is a page frame number, or with --pid a virtual address in that
-    process. For a page that is not KSM, says so and shows any rmap_item that
-    covers it.
+    TARGET, in hex with or without 0x: a page frame number or a struct page
+    address, or with --pid a virtual address in that process. For a page
+    that is not KSM, says so and shows any rmap_item that covers it.
 
     \b
     Examples:
-      ksminspect -c vmcore.xz -s vmlinux.debug.xz page 0x33e5
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz page 33e5
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz page 0xffffea0000cf9400
       ksminspect -c vmcore.xz -s vmlinux.debug.xz page --pid 42 0x7f7540366000
     """
     from ksminspect.layout import get_layout
-    from ksminspect.page import inspect_address, inspect_pfn
+    from ksminspect.page import inspect_address, inspect_pfn, page_frame
     from ksminspect.program import dump_description
 
     prog = app.prog
     has_offset = get_layout(prog).rmap_item.offset is not None
-    r = inspect_address(prog, pid, target) if pid is not None else inspect_pfn(prog, target)
+    r = (inspect_address(prog, pid, target) if pid is not None
+         else inspect_pfn(prog, page_frame(prog, target)))
     data = {
         "pfn": r.pfn if r.pfn >= 0 else None,
         "page": hexaddr(r.page) if r.page else None,

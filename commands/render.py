@@ -12,9 +12,13 @@ from tabulate import tabulate
 
 FORMATS = ("table", "json")
 
-format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="Output format; json keys are documented in the README.")
+def format_option_with(*extra: str):
+    """-f/--format: table or json, and the command's own *extra* formats."""
+    return click.option("-f", "--format", "fmt", type=click.Choice(FORMATS + extra), default="table",
+                        show_default=True, help="Output format; json keys are documented in the README.")
+
+
+format_option = format_option_with()
 
 
 def hexaddr(value: int | None) -> str | None:

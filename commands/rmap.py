@@ -8,23 +8,9 @@ from typing import Any, Iterator, Optional
 
 import click
 
+from .params import HEX, NID, PID, require_process, require_tree, say_nothing_matched
 from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
                      say_damage)
-
-
-class Hex(click.ParamType):
-    name = "ADDRESS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return int(value, 0)
-        except ValueError:
-            self.fail(f"{value!r} is not an address (e.g. 0xffff888012345678)", param, ctx)
-
-
-HEX = Hex()
 
 
 def fields_json(fields: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def stream_json(key: str, records: Iterator[dict[str, Any]], extra: dict[str, An
 
 
 @click.command("rmap")
-@click.option("--pid", type=int, help="Only the mm of process PID.")
+@click.option("--pid", type=PID, help="Only the mm of process PID.")
 @click.option("--mm", "mm_addr", type=HEX, help="Only the mm at ADDRESS.")
 @click.option("--state", type=click.Choice(["stable", "unstable", "none", "both"]),
               help="Only items in this state (by STABLE_FLAG/UNSTABLE_FLAG).")
@@ -95,10 +81,12 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
     from ksminspect.walk import RmapLists, walker
 
     prog = app.prog
+    require_process(prog, pid)
     w = walker(prog)
     has_offset = w.layout.rmap_item.offset is not None
     lists = RmapLists(w)
     walked = [0]  # every item walked, before the filters
+    mms, shown = [0], [0]  # mms that passed --pid/--mm, items shown
 
     def items() -> Iterator[tuple[Any, Any]]:
         for _, mm, rmap_items in lists:
@@ -107,9 +95,11 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
             owner = mm_owner(prog, mm)
             if pid is not None and owner.pid != pid:
                 continue
+            mms[0] += 1
             for item in rmap_items:
                 walked[0] += 1
                 if state is None or item.state.value == state:
+                    shown[0] += 1
                     yield item, owner
 
     if fmt == "json":
@@ -129,12 +119,22 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
         say_damage(prog, lists.damage)
     if pid is None and mm_addr is None:
         fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(lists.damage))
+    if not shown[0] and (pid, mm_addr, state) != (None, None, None):
+        who = " and ".join(part for part in (f"process {pid}" if pid is not None else "",
+                                              f"mm {mm_addr:#x}" if mm_addr is not None else "") if part)
+        if who and not mms[0]:
+            say_nothing_matched(f"{who}: not on ksm_mm_head (KSM does not scan it)")
+        else:
+            say_nothing_matched(f"no {state + ' ' if state else ''}rmap_items"
+                                + (f" in {who}" if who else ""))
 
 
 @click.command("unstable-tree")
+@click.option("--nid", type=NID, help="Only root_unstable_tree[NID].")
+@click.option("--pid", type=PID, help="Only the items of process PID.")
 @format_option
 @click.pass_obj
-def unstable_tree(app, fmt: str) -> None:
+def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None:
     """The unstable trees (root_unstable_tree[nid]) in tree order.
 
     Each node is an rmap_item with UNSTABLE_FLAG: its seqnr (low bits of the
@@ -149,17 +149,24 @@ def unstable_tree(app, fmt: str) -> None:
     from ksminspect.walk import WalkDamage, walker
 
     prog = app.prog
+    require_process(prog, pid)
+    require_tree(prog, nid)
     w = walker(prog)
     trees = []
     damage = []
-    for nid, root in w.unstable_tree_roots():
+    walked = 0
+    for tree_nid, root in w.unstable_tree_roots():
+        if nid is not None and tree_nid != nid:
+            continue
         items = []
         try:
             for item in w.for_each_unstable_item(root):
-                items.append(item)
+                walked += 1
+                if pid is None or mm_owner(prog, item.mm).pid == pid:
+                    items.append(item)
         except WalkDamage as e:
             damage.append(e.damage)
-        trees.append((nid, items))
+        trees.append((tree_nid, items))
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
     cursor = read_scan_cursor(prog)
@@ -190,5 +197,8 @@ def unstable_tree(app, fmt: str) -> None:
         say_damage(prog, damage)
 
     emit(fmt, data, table)
-    fail_if_walk_found_nothing(prog, "pages_unshared", sum(len(items) for _, items in trees),
-                               bool(damage))
+    if nid is None:
+        fail_if_walk_found_nothing(prog, "pages_unshared", walked, bool(damage))
+    if pid is not None and not any(items for _, items in trees):
+        say_nothing_matched(f"no unstable rmap_items of process {pid}"
+                            + (f" in root_unstable_tree[{nid}]" if nid is not None else ""))

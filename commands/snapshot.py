@@ -4,7 +4,6 @@ changed between two snapshots (around a selftest run, say)."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any, Optional
 
@@ -26,6 +25,7 @@ def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.checks import check_live, run_checks
     from ksminspect.counters import read_counters, read_tunables
     from ksminspect.decode import ItemState
+    from ksminspect.layout import wall_clock
     from ksminspect.mm import for_each_mm_slot, mm_owner
     from ksminspect.program import dump_description, kernel_release
     from ksminspect.scan import read_scan_cursor
@@ -78,11 +78,14 @@ def take_snapshot(app) -> dict[str, Any]:
     except WalkDamage as e:
         damage.append(e.damage.sentence())
     report = check_live(prog) if app.live else run_checks(prog)
+    # a dump's own time (the kernel's clock when it was taken), not this run's
+    clock = None if app.live else wall_clock(prog)
     return {
         "ksminspect_snapshot": SNAPSHOT_VERSION,
         "kernel_release": kernel_release(prog),
         "live": app.live,
-        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock)),
+        "clock": "host" if clock is None else "kernel",
         "counters": read_counters(prog),
         "tunables": read_tunables(prog),
         "cursor": cursor_json(prog, cursor),
@@ -109,6 +112,16 @@ def snapshot(app, file: str) -> None:
     Example:
       sudo ksminspect snapshot before.json; ./ksm_tests -M; sudo ksminspect snapshot after.json
     """
+    if file != "-":  # a path that cannot be written is said before the walk
+        import os
+
+        from ksminspect.errors import KsmInspectError
+
+        where = os.path.dirname(os.path.abspath(file))
+        if not os.path.isdir(where):
+            raise KsmInspectError(f"cannot write {file}: there is no directory {where}")
+        if not os.access(where, os.W_OK):
+            raise KsmInspectError(f"cannot write {file}: {where} is not writable")
     data = take_snapshot(app)
     if file == "-":
         emit_json(data)
@@ -134,9 +147,12 @@ def _load(path: str) -> dict[str, Any]:
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """What changed from snapshot *a* to snapshot *b*."""
-    counters = {k: {"before": a["counters"].get(k), "after": v,
-                    "delta": v - a["counters"].get(k, 0) if isinstance(v, int) else None}
-                for k, v in b["counters"].items() if a["counters"].get(k) != v}
+    counters = {k: {"before": a["counters"].get(k), "after": b["counters"].get(k),
+                    "delta": (b["counters"][k] - a["counters"][k]
+                              if isinstance(a["counters"].get(k), int) and isinstance(b["counters"].get(k), int)
+                              else None)}
+                for k in list(b["counters"]) + [k for k in a["counters"] if k not in b["counters"]]
+                if a["counters"].get(k) != b["counters"].get(k)}
     procs_a = {(s["pid"], s["comm"]) for s in a["mm_slots"]}
     procs_b = {(s["pid"], s["comm"]) for s in b["mm_slots"]}
     state_a = {(i["pid"], i["page_address"]): i["state"] for i in a["items"]}
@@ -153,8 +169,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     new_problems = [f for f in b["findings"] if f["severity"] != "info"
                     and (f["check"], f["address"]) not in keys_a]
     return {
-        "before": {"taken": a["taken"], "kernel_release": a["kernel_release"]},
-        "after": {"taken": b["taken"], "kernel_release": b["kernel_release"]},
+        "before": {"taken": a["taken"], "clock": a.get("clock", "host"), "kernel_release": a["kernel_release"]},
+        "after": {"taken": b["taken"], "clock": b.get("clock", "host"), "kernel_release": b["kernel_release"]},
         "counters": counters,
         "processes_appeared": [{"pid": p, "comm": c} for p, c in sorted(procs_b - procs_a, key=str)],
         "processes_gone": [{"pid": p, "comm": c} for p, c in sorted(procs_a - procs_b, key=str)],
@@ -179,11 +195,22 @@ def diff(before: str, after: str, fmt: str) -> None:
       ksminspect diff before.json after.json
     """
     d = compare(_load(before), _load(after))
+    a, b = d["before"], d["after"]
+    if a["kernel_release"] != b["kernel_release"]:
+        click.echo(f"ksminspect: warning: the snapshots are of different kernels "
+                   f"({a['kernel_release']} and {b['kernel_release']}): objects and counters "
+                   f"do not carry over", err=True)
+    elif b["taken"] < a["taken"]:
+        click.echo(f"ksminspect: warning: {after} was taken before {before} "
+                   f"({b['taken']} < {a['taken']})", err=True)
 
     def table() -> None:
         click.echo(f"before {d['before']['taken']} ({d['before']['kernel_release']}), "
                    f"after {d['after']['taken']} ({d['after']['kernel_release']})")
-        emit_table([[k, v["before"], v["after"], v["delta"]] for k, v in d["counters"].items()],
+        missing = "(not in this kernel)"
+        emit_table([[k, missing if v["before"] is None else v["before"],
+                     missing if v["after"] is None else v["after"],
+                     "" if v["delta"] is None else v["delta"]] for k, v in d["counters"].items()],
                    ["counter", "before", "after", "delta"])
         click.echo()
         for key in ("processes_appeared", "processes_gone"):

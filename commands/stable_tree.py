@@ -10,6 +10,7 @@ from ksminspect.decode import NodeKind
 
 import click
 
+from .params import COUNT, NID, PID, require_process, require_tree, say_nothing_matched
 from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, json_int,
                      progress, say_changed_while_read, say_damage)
 
@@ -122,9 +123,9 @@ def draw(trees: dict, migrate: list, total: dict[str, int],
 
 
 @click.command("stable-tree")
-@click.option("--nid", type=int, help="Only root_stable_tree[NID].")
-@click.option("--min-sharers", type=int, default=0, help="Only pages with at least N sharers.")
-@click.option("--pid", type=int, help="Only pages that process PID shares.")
+@click.option("--nid", type=NID, help="Only root_stable_tree[NID].")
+@click.option("--min-sharers", type=COUNT, default=0, help="Only pages with at least N sharers.")
+@click.option("--pid", type=PID, help="Only pages that process PID shares.")
 @format_option
 @click.pass_obj
 def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], fmt: str) -> None:
@@ -142,6 +143,8 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     from ksminspect.stable import for_each_stable_tree_node
     from ksminspect.walk import WalkDamage
 
+    require_process(app.prog, pid)
+    require_tree(app.prog, nid)
     trees: dict[int, list] = {}
     migrate: list = []
     all_dups: dict[int, int] = {}
@@ -177,3 +180,8 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     say_changed_while_read(session(app.prog).collection.changed_while_read)
     if nid is None:
         fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))
+    if not shown and (nid is not None or min_sharers or pid is not None):
+        said = [f"in root_stable_tree[{nid}]" if nid is not None else "",
+                f"with at least {min_sharers} sharers" if min_sharers else "",
+                f"shared by process {pid}" if pid is not None else ""]
+        say_nothing_matched(" ".join(["no stable pages"] + [w for w in said if w]))

@@ -46,9 +46,9 @@ def summary(app, fmt: str, watch: float | None) -> None:
         rows = []
         for name, value in counters.items():
             w = walked.get(name)
-            mark = "" if w is None or w == value else "!"
+            mark = "" if w is None or w == value else "differs"
             rows.append((name, value, "-" if w is None else w, mark))
-        emit_table(rows, ("counter", "kernel", "walked", ""))
+        emit_table(rows, ("counter", "kernel", "walked", "walk vs kernel"))
         click.echo()
         emit_table(sorted(tunables.items()), ("tunable", "value"))
         say_damage(prog, walked_counts.damage)

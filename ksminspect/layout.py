@@ -67,6 +67,26 @@ def read_variable(prog: drgn.Program, name: str) -> Optional[drgn.Object]:
     return None if obj.absent_ else obj
 
 
+def wall_clock(prog: drgn.Program) -> Optional[int]:
+    """The kernel's own wall-clock time (seconds since the epoch) as its
+    timekeeper last updated it: in a dump, when the dump was taken. None
+    where it cannot be read."""
+    # tk_core.timekeeper since v3.17 (the timekeeper moved beside its
+    # seqcount into tk_core); timekeeper_data[TIMEKEEPER_CORE] where the
+    # auxiliary clocks came (after 6.12: the 7.2 kernel here); a plain
+    # `timekeeper` before v3.17.
+    for name, pick in (("tk_core", lambda o: o.timekeeper), ("timekeeper_data", lambda o: o[0].timekeeper),
+                       ("timekeeper", lambda o: o)):
+        obj = read_variable(prog, name)
+        if obj is None:
+            continue
+        try:
+            return pick(obj).xtime_sec.value_()
+        except (AttributeError, LookupError, drgn.FaultError, drgn.ObjectAbsentError):
+            return None
+    return None
+
+
 def _find_type(prog: drgn.Program, *names: str) -> Optional[drgn.Type]:
     for name in names:
         try:

@@ -60,6 +60,29 @@ def _follow_pfn(mm: drgn.Object, address: int) -> Optional[int]:
         return None
 
 
+def page_frame(prog: drgn.Program, target: int) -> int:
+    """*target* as a page frame number: a pfn below max_pfn as given, else
+    the pfn of the struct page at that address (crash's ``kmem -p`` takes
+    either)."""
+    from drgn.helpers.linux.mm import page_to_pfn
+
+    try:
+        max_pfn = prog["max_pfn"].value_()
+    except (LookupError, drgn.FaultError, drgn.ObjectAbsentError):
+        return target  # cannot tell the two apart: a pfn, as documented
+    if target < max_pfn:
+        return target
+    try:
+        pfn = page_to_pfn(drgn.Object(prog, "struct page *", target)).value_()
+        if pfn < max_pfn and pfn_to_page(prog, pfn).value_() == target:
+            return pfn
+    except HELPER_LIMITS + (drgn.FaultError, ValueError, OverflowError):
+        pass
+    raise KsmInspectError(f"{target:#x} is neither a page frame number of this kernel (max_pfn "
+                          f"{max_pfn:#x}) nor the address of a struct page; for an address in "
+                          f"a process, add --pid")
+
+
 def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
     """``(struct page *, page->mapping)`` of *pfn*."""
     page = _drgn_helper(pfn_to_page, prog, pfn)

@@ -5,29 +5,21 @@ cache directory."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import lzma
 import os
 import re
 import shutil
 import struct
 import subprocess
-import tempfile
-from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import drgn
 
 from ksminspect import dumpfile
+from ksminspect.cache import cache_dir, cache_key, cached_copy
 from ksminspect.errors import TargetError
 
 COMPRESSED_SUFFIXES = (".zst", ".xz", ".gz")
-
-
-def cache_dir() -> str:
-    base = os.environ.get("KSMINSPECT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ksminspect")
-    os.makedirs(base, exist_ok=True)
-    return base
 
 
 def _decompress_to(src: str, dst: str) -> None:
@@ -57,38 +49,12 @@ def _decompress_to(src: str, dst: str) -> None:
         raise TargetError(f"{src} could not be decompressed: {e}") from None
 
 
-def _cache_key(path: str) -> str:
-    """A cached copy's name for *path*: its path, size and mtime."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise TargetError(f"cannot open {path}: {e.strerror}") from None
-    return hashlib.sha256(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
 def decompressed(path: str) -> str:
     """*path* itself, or its decompressed copy in the cache if it ends in
     .zst, .xz or .gz. The copy is keyed by path, size and mtime."""
     if not path.endswith(COMPRESSED_SUFFIXES):
         return path
-    return _cached_copy(path, os.path.basename(path).rsplit(".", 1)[0], _decompress_to)
-
-
-def _cached_copy(path: str, name: str, make: Callable[[str, str], None]) -> str:
-    """The copy of *path* that ``make(path, out)`` writes, kept in the cache
-    as *name* and made once (keyed by *path*'s path, size and mtime)."""
-    out = os.path.join(cache_dir(), f"{_cache_key(path)}-{name}")
-    if os.path.exists(out):
-        return out
-    fd, tmp = tempfile.mkstemp(dir=cache_dir(), prefix=".partial-")
-    os.close(fd)
-    try:
-        make(path, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return cached_copy(path, os.path.basename(path).rsplit(".", 1)[0], _decompress_to, "decompressing")
 
 
 PT_LOAD = 1
@@ -167,7 +133,8 @@ def open_program(core: Optional[str] = None, symbols: Iterable[str] = ()) -> drg
         path = decompressed(core)
         described = dumpfile.describe(path)
         if described["flattened"]:  # makedumpfile -F, QEMU's kdump-*: as -R makes it
-            path = _cached_copy(path, os.path.basename(path) + ".kdump", dumpfile.reassemble)
+            path = cached_copy(path, os.path.basename(path) + ".kdump", dumpfile.reassemble,
+                               "reassembling (makedumpfile -R)")
         cut = truncation(path)
         info: Optional[bytes] = None  # VMCOREINFO taken from the dump's memory
         try:
@@ -356,12 +323,9 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
     mtime, and by the build IDs."""
     wanted = {b"BUILD-ID=" + b.encode() + b"\n" for b in build_ids}
     try:
-        st = os.stat(path)
         # "2": kdump-compressed files are searched too (an answer of nothing,
         # kept by an older ksminspect, is not believed)
-        key = hashlib.sha256(f"2\0{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0"
-                             f"{sorted(wanted)}".encode()).hexdigest()[:16]
-        kept = os.path.join(cache_dir(), f"{key}-vmcoreinfo")
+        kept = os.path.join(cache_dir(), f"{cache_key(path, '2', str(sorted(wanted)))}-vmcoreinfo")
         with open(kept, "rb") as f:
             return f.read() or None
     except OSError:

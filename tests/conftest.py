@@ -132,3 +132,22 @@ def cannot_tell_or_json(dump: Dump, *args: str):
     except KsmInspectError as e:
         assert str(e).startswith("cannot tell"), e
         return None
+
+
+def parse_ktap(text: str) -> dict[str, Any]:
+    """KTAP version 1 (Documentation/dev-tools/ktap.rst), strictly: the
+    version line, the plan, then one result per planned test, in order;
+    returns {"plan": N, "results": [(ok, number, name, directive)]}."""
+    import re
+
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "KTAP version 1", lines[:1]
+    plan = re.fullmatch(r"1\.\.(\d+)", lines[1])
+    assert plan, lines[1]
+    results = []
+    for line in lines[2:]:
+        m = re.fullmatch(r"(ok|not ok) (\d+) (\S+)(?: # (SKIP|TODO)\b.*)?", line)
+        assert m, line
+        results.append((m[1] == "ok", int(m[2]), m[3], m[4]))
+    assert [r[1] for r in results] == list(range(1, int(plan[1]) + 1))
+    return {"plan": int(plan[1]), "results": results}

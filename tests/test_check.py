@@ -78,6 +78,25 @@ def test_every_dump_with_the_resets_skipped_shows_the_stale_offsets(skipped: Dum
     assert stale and pairs_pid in {f["pid"] for f in stale}
 
 
+def test_ktap(dump: Dump) -> None:
+    """check --format ktap: a test per check, "not ok" exactly where JSON
+    has error-level findings, "# SKIP" where it could judge nothing; the
+    same exit code."""
+    from conftest import parse_ktap
+
+    code, data = check_json(dump)
+    result = run_cli(*dump.args, "check", "--format", "ktap")
+    assert result.exit_code == code
+    ktap = parse_ktap(result.stdout)
+    assert [r[2] for r in ktap["results"]] == data["checks"]
+    failing = {f["check"] for f in data["findings"] if f["severity"] == "error"}
+    assert {r[2] for r in ktap["results"] if not r[0]} == failing
+    judged = {f["check"] for f in data["findings"]}
+    assert {r[2] for r in ktap["results"] if r[3] == "SKIP"} == set(data["cannot_tell"]) - judged
+    assert f"# Totals: pass:{len(data['checks']) - len(failing) - len(set(data['cannot_tell']) - judged)}" \
+        in result.stdout
+
+
 def test_no_stale_offset_where_resets_run() -> None:
     dump = BY_NAME["7.2-seed"]
     code, data = check_json(dump)

@@ -80,6 +80,11 @@ def test_ksm_command_in_drgn_repl(tmp_path: Path) -> None:
         console.runsource("%ksm check --only stale-offset --format json")
     findings = json.loads(out.getvalue())["findings"]
     assert findings and findings == run_json(*dump.args, "check", "--only", "stale-offset")["findings"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        console.runsource("%ksm summary -c /elsewhere/vmcore")
+    assert "ksminspect: -c and -s choose the kernel, and inside drgn the kernel is the one drgn " \
+           "has: start drgn with -c VMCORE -s VMLINUX instead" in err.getvalue()
     target = tmp_path / "tree.json"
     with contextlib.redirect_stdout(io.StringIO()):
         console.runsource(f"%ksm stable-tree --format json > {target}")
@@ -193,3 +198,14 @@ def test_each_ksm_command_reads_the_kernel_afresh() -> None:
     assert after[f"{item:#x}"] == "stable"
     assert {a: s for a, s in after.items() if a != f"{item:#x}"} == \
         {a: s for a, s in before.items() if a != f"{item:#x}"}
+
+
+def test_ksm_command_without_the_repl() -> None:
+    """The README's non-interactive use: drgn -e with run_command."""
+    dump = next(d for d in DUMPS if d.name == "6.12-numa")
+    drgn_cli = os.path.join(os.path.dirname(sys.executable), "drgn")
+    r = subprocess.run([drgn_cli, "-q", "-c", decompressed(str(dump.vmcore)), "-s", decompressed(str(dump.debug)),
+                        "-e", 'from drgn.commands import run_command; run_command(prog, "ksm summary -f json")'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counters"]["pages_shared"] == int(dump.sysfs["pages_shared"])

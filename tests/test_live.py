@@ -77,6 +77,18 @@ def test_check_live_after_selftests_is_clean(live_run) -> None:
     assert data["stats"]["rmap_items"] > 0
 
 
+def test_check_ktap_after_selftests(live_run) -> None:
+    """check --format ktap right after the kernel's KSM selftests, as a
+    selftest run would take it: valid KTAP, every check ok or skipped."""
+    from conftest import parse_ktap
+
+    rc, out = live_run.sections["ktap"]
+    ktap = parse_ktap(out)
+    assert ktap["plan"] == len(ktap["results"]) > 0
+    assert all(ok for ok, _, _, _ in ktap["results"]), out
+    assert rc == 0
+
+
 def test_mm_live_shows_the_workload(live_run) -> None:
     rc, out = live_run.sections["mm"]
     assert rc == 0

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import Dump, cannot_tell_or_json, run_cli, run_json
+from conftest import Dump, cannot_tell_or_json, program_of, run_cli, run_json
 
 
 def test_mm_equals_ksm_stat(dump: Dump) -> None:
@@ -128,11 +128,13 @@ def test_page_of_ksm_page_and_of_cow_broken_page(dump: Dump) -> None:
     tree = run_json(*dump.args, "stable-tree")
     node = next(e for t in tree["trees"] for n in t["nodes"] for e in (n["dups"] or [n]))
     sharer = node["sharers"][0]
-    by_pfn = cannot_tell_or_json(dump, "page", str(node["kpfn"]))
+    by_pfn = cannot_tell_or_json(dump, "page", f"{node['kpfn']:x}")  # hex, as crash prints PFNs
     if by_pfn is not None:
         assert by_pfn["ksm"] is True
         assert by_pfn["node"]["node"] == node["node"]
-        assert "is a KSM page" in run_cli(*dump.args, "page", str(node["kpfn"])).output
+        assert "is a KSM page" in run_cli(*dump.args, "page", f"{node['kpfn']:#x}").output
+        by_struct_page = run_json(*dump.args, "page", by_pfn["page"])  # as crash's kmem -p takes it
+        assert by_struct_page["pfn"] == node["kpfn"] and by_struct_page["ksm"] is True
     by_address = cannot_tell_or_json(dump, "page", "--pid", str(sharer["pid"]), sharer["page_address"])
     if by_address is not None:
         assert by_address["ksm"] is True and by_address["pfn"] == node["kpfn"]
@@ -169,6 +171,31 @@ def test_snapshot_and_diff(dump: Dump, tmp_path) -> None:
     assert len(shared) == int(dump.sysfs["pages_shared"])
     diff = run_json("diff", *map(str, paths))
     assert diff["new_findings"] == [] and diff["leaked"]["orphans"] == []
+    # the dump's own time: the kernel's clock when it was dumped, not this run's
+    from ksminspect.layout import wall_clock
+
+    import time
+    clock = wall_clock(program_of(dump))
+    if clock is not None:
+        assert data["clock"] == "kernel"
+        assert data["taken"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock))
+
+
+def test_diff_across_kernels_warns_and_shows_missing_counters(tmp_path) -> None:
+    from conftest import DUMPS
+
+    old = next(d for d in DUMPS if d.name == "5.10-chains")
+    new = next(d for d in DUMPS if d.name == "7.2-seed")
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for d, path in zip((old, new), paths):
+        assert run_cli(*d.args, "snapshot", str(path)).exit_code == 0
+    result = run_cli("diff", *map(str, paths))
+    assert result.exit_code == 0
+    assert ("ksminspect: warning: the snapshots are of different kernels (5.10.223 and 7.2.13): "
+            "objects and counters do not carry over") in result.stderr
+    counters = run_json("diff", *map(str, paths))["counters"]
+    assert counters["general_profit"]["before"] is None and counters["general_profit"]["delta"] is None
+    assert "(not in this kernel)" in result.stdout
 
 
 def test_json_texts_keep_what_json_dumps_keeps() -> None:

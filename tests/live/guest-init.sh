@@ -35,6 +35,8 @@ for t in "ksm_tests -M -p 10" "ksm_tests -U" "ksm_tests -Z -p 10 -z 0" \
     section "selftest $t" timeout 900 "$KSMI_SELFTESTS"/$t
 done
 
+# check in the selftests' own format, as a selftest run would take it
+section ktap ksminspect check --format ktap
 section snapshot-after ksminspect snapshot /run/after.json
 section diff "$KSMI_VENV/bin/ksminspect" diff /run/before.json /run/after.json
 section diff-json "$KSMI_VENV/bin/ksminspect" diff /run/before.json /run/after.json --format json

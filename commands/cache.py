@@ -1,0 +1,41 @@
+"""ksminspect cache: what the cache of decompressed and reassembled dumps
+holds, and clearing it."""
+
+from __future__ import annotations
+
+import click
+
+from .render import emit_table
+
+
+@click.command("cache")
+@click.argument("action", type=click.Choice(["list", "clear"]), default="list")
+def cache_command(action: str) -> None:
+    """The cache of dumps decompressed (.xz, .gz, .zst) or reassembled
+    (flattened kdump files) once: list it (the default), or clear it.
+
+    It lives in ~/.cache/ksminspect ($KSMINSPECT_CACHE) and is trimmed to
+    $KSMINSPECT_CACHE_MAX GB (default 20) after each new copy, the least
+    recently used first.
+
+    \b
+    Examples:
+      ksminspect cache
+      ksminspect cache clear
+    """
+    import os
+
+    from ksminspect.cache import age, cache_dir, entries, max_bytes
+
+    held = entries()
+    total = sum(e.size for e in held)
+    if action == "clear":
+        for e in held:
+            os.unlink(e.path)
+        click.echo(f"ksminspect: removed {len(held)} entries ({total / 1e9:.1f} GB) from {cache_dir()}",
+                   err=True)
+        return
+    emit_table([[os.path.basename(e.path), f"{e.size / 1e6:.1f}", age(e)] for e in held],
+               ["entry", "MB", "last used"])
+    click.echo(f"{cache_dir()}: {len(held)} entries, {total / 1e9:.1f} GB of at most "
+               f"{max_bytes() / 1e9:.0f} GB")

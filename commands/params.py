@@ -1,0 +1,81 @@
+"""Command-line arguments: their types and ranges, and what a filter names
+checked against the kernel, so that a mistake gets one sentence (exit 2)
+and a filter that matches nothing says so instead of an empty table."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+# include/linux/threads.h: no pid reaches PID_MAX_LIMIT (4M on 64-bit).
+PID_MAX_LIMIT = 4 * 1024 * 1024
+# include/linux/numa.h: NODES_SHIFT is at most 10.
+MAX_NUMNODES = 1 << 10
+
+
+class Hex(click.ParamType):
+    """An address or a page frame number, in hex with or without 0x, as
+    crash prints and takes them (``0xffff888012345678``, ``f8b4``)."""
+
+    name = "ADDRESS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(value, 16)
+            except ValueError:
+                self.fail(f"{value!r} is not a hex number (e.g. 0xffff888012345678 or f8b4)",
+                          param, ctx)
+        if not 0 <= number < 1 << 64:
+            self.fail(f"{value!r} is not an address: addresses are 0 to 0xffffffffffffffff",
+                      param, ctx)
+        return number
+
+
+HEX = Hex()
+PID = click.IntRange(1, PID_MAX_LIMIT - 1)  # pid 0 is the idle task: it has no mm
+NID = click.IntRange(0, MAX_NUMNODES - 1)
+COUNT = click.IntRange(min=0)
+
+
+def require_process(prog, pid: Optional[int]) -> None:
+    """A --pid that names no process in this kernel is a mistake (exit 2).
+    Where the task list cannot be read, the filter simply matches nothing."""
+    import drgn
+    from drgn.helpers.linux.pid import find_task
+
+    from ksminspect.errors import KsmInspectError
+
+    if pid is None:
+        return
+    try:
+        found = bool(find_task(prog, pid))
+    except (drgn.FaultError, LookupError):
+        return
+    if not found:
+        raise KsmInspectError(f"no process with pid {pid} in this kernel")
+
+
+def require_tree(prog, nid: Optional[int]) -> None:
+    """A --nid beyond the trees this kernel keeps is a mistake (exit 2)."""
+    from ksminspect.errors import KsmInspectError
+    from ksminspect.walk import WalkDamage, walker
+
+    if nid is None:
+        return
+    try:
+        count = len(walker(prog).stable_tree_roots())
+    except WalkDamage:
+        return  # the commands say what they cannot read
+    if nid >= count:
+        raise KsmInspectError(f"no tree for nid {nid}: this kernel keeps {count} stable and "
+                              f"unstable tree{'s' if count != 1 else ''} (nid 0"
+                              f"{f' to {count - 1}' if count > 1 else ''})")
+
+
+def say_nothing_matched(what: str) -> None:
+    """After the (empty) output, on stderr: what the filters left nothing of."""
+    click.echo(f"ksminspect: nothing matched: {what}", err=True)

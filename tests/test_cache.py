@@ -1,0 +1,45 @@
+"""The cache of decompressed dumps: bounded, least recently used first, and
+listed and cleared by `ksminspect cache`."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+from conftest import run_cli
+
+from ksminspect import cache
+
+
+def test_cache_is_trimmed_least_recently_used_first(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KSMINSPECT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KSMINSPECT_CACHE_MAX", str(2.5e6 / 1e9))  # room for two 1 MB copies
+    sources = []
+    for n in range(3):
+        src = tmp_path / f"dump{n}.gz"
+        with gzip.open(src, "wb") as f:
+            f.write(bytes([n]) * 1_000_000)
+        sources.append(src)
+
+    def copy(src, out):
+        with gzip.open(src) as f, open(out, "wb") as g:
+            g.write(f.read())
+
+    first = cache.cached_copy(str(sources[0]), "dump0", copy, "decompressing")
+    second = cache.cached_copy(str(sources[1]), "dump1", copy, "decompressing")
+    os.utime(second, (1, 1))  # long unused
+    assert cache.cached_copy(str(sources[0]), "dump0", copy, "decompressing") == first  # used again
+    third = cache.cached_copy(str(sources[2]), "dump2", copy, "decompressing")
+    assert os.path.exists(first) and os.path.exists(third) and not os.path.exists(second)
+
+
+def test_cache_command_lists_and_clears(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KSMINSPECT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "0123456789abcdef-vmcore").write_bytes(b"x" * 2_000_000)
+    listed = run_cli("cache")
+    assert listed.exit_code == 0
+    assert "0123456789abcdef-vmcore" in listed.stdout and "1 entries, 0.0 GB" in listed.stdout
+    cleared = run_cli("cache", "clear")
+    assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stderr
+    assert not os.listdir(tmp_path / "cache")
