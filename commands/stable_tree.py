@@ -74,8 +74,9 @@ def totals(entries) -> dict[str, int]:
             chains += 1
             dups += len(e.dups)
             held = [d for d in e.dups if d.sharers]
-        else:
-            nodes += 1
+        else:  # a plain node, or a dup drawn alone (page on a dup)
+            dups += e.kind.value == "dup"
+            nodes += e.kind.value != "dup"
             held = [e] if e.sharers else []
         pages += len(held)
         sharers += sum(len(h.sharers) for h in held)

@@ -133,6 +133,10 @@ def test_page_of_ksm_page_and_of_cow_broken_page(dump: Dump) -> None:
         assert by_pfn["ksm"] is True
         assert by_pfn["node"]["node"] == node["node"]
         assert "is a KSM page" in run_cli(*dump.args, "page", f"{node['kpfn']:#x}").output
+        dup = next((d for t in tree["trees"] for n in t["nodes"] for d in n["dups"] or []), None)
+        if dup is not None:  # a dup drawn alone is counted as what it is
+            table = run_cli(*dump.args, "page", f"{dup['kpfn']:#x}").output
+            assert "it is a dup of chain" in table and "nodes 0, chains 0, dups 1, pages_shared 1" in table
         by_struct_page = run_json(*dump.args, "page", by_pfn["page"])  # as crash's kmem -p takes it
         assert by_struct_page["pfn"] == node["kpfn"] and by_struct_page["ksm"] is True
     by_address = cannot_tell_or_json(dump, "page", "--pid", str(sharer["pid"]), sharer["page_address"])
