@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import click
 
-from .render import emit_table
+from .render import emit, emit_table, format_option
 
 
 @click.command("cache")
 @click.argument("action", type=click.Choice(["list", "clear"]), default="list")
-def cache_command(action: str) -> None:
+@format_option
+def cache_command(action: str, fmt: str) -> None:
     """The cache of dumps decompressed (.xz, .gz, .zst) or reassembled
     (flattened kdump files) once: list it (the default), or clear it.
 
@@ -35,7 +36,16 @@ def cache_command(action: str) -> None:
         click.echo(f"ksminspect: removed {len(held)} entries ({total / 1e9:.1f} GB) from {cache_dir()}",
                    err=True)
         return
-    emit_table([[os.path.basename(e.path), f"{e.size / 1e6:.1f}", age(e)] for e in held],
-               ["entry", "MB", "last used"])
-    click.echo(f"{cache_dir()}: {len(held)} entries, {total / 1e9:.1f} GB of at most "
-               f"{max_bytes() / 1e9:.0f} GB")
+    import time
+
+    data = {"directory": cache_dir(), "bytes": total, "max_bytes": max_bytes(),
+            "entries": [{"name": os.path.basename(e.path), "bytes": e.size,
+                         "used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.used))} for e in held]}
+
+    def table() -> None:
+        emit_table([[os.path.basename(e.path), f"{e.size / 1e6:.1f}", age(e)] for e in held],
+                   ["entry", "MB", "last used"])
+        click.echo(f"{cache_dir()}: {len(held)} entries, {total / 1e9:.1f} GB of at most "
+                   f"{max_bytes() / 1e9:.0f} GB")
+
+    emit(fmt, "cache", data, table)

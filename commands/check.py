@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import click
 
 from ksminspect.errors import EXIT_FINDINGS, EXIT_OK
 
-from .render import emit_json, emit_table, format_option_with, hexaddr
+from .params import COUNT
+from .records import document, finding_json
+from .render import echo_wrapped, emit_json, emit_table, format_option_with, severity
 
-
-def finding_json(f) -> dict[str, Any]:
-    return {"check": f.check, "severity": f.severity.value, "address": hexaddr(f.address),
-            "mm": hexaddr(f.mm), "pid": f.pid, "page_address": hexaddr(f.page_address),
-            "rule": f.rule, "transient": f.transient, "message": f.message}
+SEVERITIES = ("error", "warning", "info")
 
 
 def _complete_checks(incomplete: str) -> list:
@@ -68,6 +66,20 @@ def ktap_lines(checks: list[str], findings: list, cannot_tell: dict[str, str],
            f"skip:{totals['skip']} error:0")
 
 
+def _listed(findings: list, least: str, limit: int | None) -> tuple[list, dict[str, int]]:
+    """The findings of severity *least* or worse, at most *limit* of each
+    check; and per check, how many are not listed."""
+    worst = SEVERITIES[:SEVERITIES.index(least) + 1]
+    listed, more, seen = [], {}, {}
+    for f in findings:
+        if f.severity.value in worst and (limit is None or seen.get(f.check, 0) < limit):
+            listed.append(f)
+            seen[f.check] = seen.get(f.check, 0) + 1
+        else:
+            more[f.check] = more.get(f.check, 0) + 1
+    return listed, more
+
+
 @click.command("check")
 @click.option("--strict", is_flag=True, help="Warnings count as errors for the exit code.")
 @click.option("--only", metavar="CHECK[,CHECK...]", shell_complete=lambda ctx, param, incomplete:
@@ -75,9 +87,15 @@ def ktap_lines(checks: list[str], findings: list, cannot_tell: dict[str, str],
               help="Run only these checks (and only the walks they need).")
 @click.option("--retries", type=click.IntRange(min=1), default=3, show_default=True,
               help="Live kernel: walks taken before walk damage is believed.")
+@click.option("--severity", "least", type=click.Choice(SEVERITIES), default="info", show_default=True,
+              help="List only findings of this severity or worse (counts and the exit code still "
+                   "take every finding).")
+@click.option("--limit", type=COUNT, metavar="N",
+              help="List at most N findings of each check (table and JSON), and how many more.")
 @format_option_with("ktap")
 @click.pass_obj
-def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
+def check(app, strict: bool, only: str | None, retries: int, least: str, limit: int | None,
+          fmt: str) -> None:
     """Check every invariant of a healthy KSM; find stale offsets and anon_vmas.
 
     Exit code: 0 no error-level finding, 1 error-level findings (with
@@ -89,7 +107,7 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
 
     \b
     Examples:
-      ksminspect -c vmcore.xz -s vmlinux.debug.xz check
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz check --severity warning --limit 5
       sudo ksminspect check --strict --format json
       sudo ksminspect check --format ktap     # after tools/testing/selftests/mm
     """
@@ -106,36 +124,47 @@ def check(app, strict: bool, only: str | None, retries: int, fmt: str) -> None:
     findings, cannot_tell = report.findings, report.cannot_tell
     counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
     failing = counts["error"] + (counts["warning"] if strict else 0)
+    listed, more = _listed(findings, least, limit)
 
     if fmt == "json":
-        emit_json({"findings": [finding_json(f) for f in findings], "counts": counts,
-                   "checks": chosen or list(CHECKS), "stats": report.stats, "live": app.live,
-                   "cannot_tell": cannot_tell})
+        emit_json(document("check", {
+            "findings": [finding_json(f) for f in listed], "counts": counts, "not_listed": more,
+            "checks": chosen or list(CHECKS), "stats": report.stats, "live": app.live,
+            "cannot_tell": cannot_tell}))
     elif fmt == "ktap":
         for line in ktap_lines(chosen or list(CHECKS), findings, cannot_tell, strict):
             click.echo(line)
     else:
         by_check: dict[str, list] = {}
-        for f in findings:
+        for f in listed:
             by_check.setdefault(f.check, []).append(f)
         order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
         for name in sorted(by_check, key=lambda c: (min(order[f.severity] for f in by_check[c]), c)):
             group = by_check[name]
-            click.echo(f"{name}: {len(group)} finding{'s' if len(group) != 1 else ''} "
-                       f"({CHECKS[name]})")
-            emit_table([[f.severity.value, hexaddr(f.address) or "-",
-                         f.pid if f.pid is not None else "-", hexaddr(f.page_address) or "-",
-                         f.rule or "", f.message] for f in group],
-                       ["severity", "object", "pid", "page", "rule", "message"])
+            total = len(group) + more.get(name, 0)
+            rules = {f.rule for f in group}
+            one_rule = f" [{next(iter(rules))}]" if len(rules) == 1 and None not in rules else ""
+            echo_wrapped(f"{name}{one_rule}: {total} finding{'s' if total != 1 else ''} "
+                         f"({CHECKS[name]})")
+            # the message names the object and its page; the pid is the one fact it leaves out
+            emit_table([[severity(f.severity.value), f.pid if f.pid is not None else "-"]
+                        + ([f.rule or ""] if not one_rule and len(rules) > 1 else []) + [f.message]
+                        for f in group],
+                       ["severity", "pid"] + (["rule"] if not one_rule and len(rules) > 1 else [])
+                       + ["message"], wrap=["message", "rule"])
+            if more.get(name):
+                click.echo(f"... and {more[name]} more, not listed")
             click.echo()
         for name, why in cannot_tell.items():
-            click.echo(f"cannot tell ({name}): {why}")
+            echo_wrapped(f"cannot tell ({name}): {why}")
         moved = report.stats.get("changed_while_read")
         if moved:
             click.echo(f"{moved} finding{'s' if moved != 1 else ''} not listed: what "
                        f"{'they name' if moved != 1 else 'it names'} changed while it was read "
                        f"(live kernel)")
+        hidden = sum(more.values())
         click.echo(f"{counts['error']} errors, {counts['warning']} warnings, "
                    f"{counts['info']} info; {len(chosen or CHECKS)} checks"
-                   + (" (live kernel)" if app.live else ""))
+                   + (" (live kernel)" if app.live else "")
+                   + (f"; {hidden} not listed (--severity, --limit)" if hidden else ""))
     click.get_current_context().exit(EXIT_FINDINGS if failing else EXIT_OK)

@@ -31,5 +31,20 @@ def _parse(source: str) -> ParsedCommand[Any]:
 def _cmd_ksm(prog: Program, name: str, args: Any, **kwargs: Any) -> Any:
     from .main import App, run
 
+    if not list(args):
+        print(usage())
+        return None
     code = run(list(args), App(None, (), prog=prog))
     return None if code == 0 else code
+
+
+def usage() -> str:
+    """What %ksm alone says: its commands, on the program drgn has open
+    (ksminspect's own help would offer -c and -s, which drgn's -c replaces)."""
+    from .main import cli
+
+    commands = [(n, c.get_short_help_str(60)) for n, c in cli.commands.items() if n != "cache"]
+    width = max(len(n) for n, _ in commands)
+    return "\n".join(["usage: %ksm COMMAND [OPTIONS]: ksminspect on the kernel drgn has open", ""]
+                     + [f"  {n:<{width}}  {h}" for n, h in commands]
+                     + ["", "%ksm COMMAND --help: a command's options and examples"])

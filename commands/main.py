@@ -176,8 +176,13 @@ def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
 
     # drgn logs each missing debug file; ksminspect says it once, in its words.
     logging.getLogger("drgn").setLevel(logging.CRITICAL)
+    from .render import terminal_output
+
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = cli.main(args=argv, prog_name="ksminspect", standalone_mode=False, obj=app)
+        # no pager inside drgn (its REPL is the terminal's) nor for a watch
+        with terminal_output(paged=app is None and "--watch" not in args):
+            rv = cli.main(args=args, prog_name="ksminspect", standalone_mode=False, obj=app)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:

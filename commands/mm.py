@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import click
 
-from .params import PID, require_process, say_nothing_matched
-from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
+from .params import PID, limit_option, require_process, say_limited, say_nothing_matched
+from .records import cursor_json, mm_slot_json
+from .render import (echo_wrapped, emit, emit_table, fail_if_walk_found_nothing, format_option, progress,
                      say_damage)
 
 
-def cursor_json(prog, cursor) -> dict[str, Any]:
-    return {"mm_slot": hexaddr(cursor.mm_slot), "address": hexaddr(cursor.address),
-            "seqnr": cursor.seqnr, "at_head": cursor.at_head(prog)}
-
-
-def mm_slot_json(s, cursor) -> dict[str, Any]:
-    return {
-        "slot": hexaddr(s.slot),
-        "mm": hexaddr(s.mm),
-        "pid": s.owner.pid,
-        "comm": s.owner.comm,
-        "exited": s.owner.exited,
-        "items": s.items,
-        "ksm_stat": s.counters,
-        "cursor": {"address": hexaddr(cursor.address), "next_item": hexaddr(cursor.next_item)}
-        if cursor.mm_slot == s.slot else None,
-        "damage": s.damage.sentence() if s.damage else None,
-    }
+# --sort keys: the mm's value to sort by, largest first (pid: smallest first)
+SORT_KEYS = {
+    "pid": lambda s: -(s.owner.pid or 0),
+    "items": lambda s: sum(s.items.values()),
+    "stable": lambda s: s.items["stable"],
+    "merging_pages": lambda s: s.counters.get("ksm_merging_pages", s.items["stable"]),
+    "profit": lambda s: s.counters.get("ksm_process_profit", 0),
+}
 
 
 @click.command("mm")
 @click.option("--pid", type=PID, help="Only the mm of process PID.")
+@click.option("--sort", type=click.Choice(list(SORT_KEYS)),
+              help="Largest first (pid: smallest first); without it, scan order.")
+@limit_option("mms")
 @format_option
 @click.pass_obj
-def mm_command(app, pid: Optional[int], fmt: str) -> None:
+def mm_command(app, pid: Optional[int], sort: Optional[str], limit: Optional[int], fmt: str) -> None:
     """One row per mm on ksm_mm_head, in scan order.
 
     Shows the owner (pid, comm; "exited" when mm_users is 0), the mm's
@@ -44,7 +38,7 @@ def mm_command(app, pid: Optional[int], fmt: str) -> None:
 
     \b
     Example:
-      ksminspect -c vmcore.xz -s vmlinux.debug.xz mm --format json
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz mm --sort profit --limit 10
     """
     from ksminspect.mm import for_each_mm_slot
     from ksminspect.scan import read_scan_cursor
@@ -60,10 +54,14 @@ def mm_command(app, pid: Optional[int], fmt: str) -> None:
     except WalkDamage as e:
         damage = e.damage
     shown = [s for s in slots if pid is None or s.owner.pid == pid]
+    if sort:
+        shown.sort(key=SORT_KEYS[sort], reverse=True)
+    matched = len(shown)
+    shown = shown[:limit]
     data = {
         "mm_slots": [mm_slot_json(s, cursor) for s in shown],
         "cursor": cursor_json(prog, cursor),
-        "damage": damage.sentence() if damage else None,
+        "damage": [damage.sentence()] if damage else [],
     }
 
     def table() -> None:
@@ -73,17 +71,26 @@ def mm_command(app, pid: Optional[int], fmt: str) -> None:
         rows = []
         for s in shown:
             owner = "exited" if s.owner.exited else (s.owner.comm or "?")
-            here = f"<- next {cursor.address:#x}" if cursor.mm_slot == s.slot else ""
-            rows.append([s.owner.pid if s.owner.pid is not None else "-", owner, f"{s.mm:#x}",
+            mark = "*" if cursor.mm_slot == s.slot else ""
+            rows.append([f"{s.owner.pid if s.owner.pid is not None else '-'}{mark}", owner, f"{s.mm:#x}",
                          s.items["stable"], s.items["unstable"], s.items["none"]]
-                        + [s.counters.get(k, "-") for k in keys] + [here])
-        emit_table(rows, ["pid", "comm", "mm", "stable", "unstable", "none"] + keys + ["cursor"])
+                        + [s.counters.get(k, "-") for k in keys])
+        # ksm_stat's names without their common "ksm_": the table fits a terminal
+        emit_table(rows, ["pid", "comm", "mm", "stable", "unstable", "none"]
+                   + [k[len("ksm_"):] for k in keys], shrink=["comm"])
         if cursor.at_head(prog):
             click.echo(f"scan cursor: between passes (full_scans {cursor.seqnr})")
+        else:
+            here = next((s for s in slots if s.slot == cursor.mm_slot), None)
+            who = f"pid {here.owner.pid}* " if here and here.owner.pid is not None else ""
+            following = "" if cursor.next_item is None else f", next rmap_item {cursor.next_item:#x}"
+            echo_wrapped(f"scan cursor: {who}mm slot {cursor.mm_slot:#x} at {cursor.address:#x}"
+                         f"{following} (full_scans {cursor.seqnr})")
         say_damage(prog, [s.damage for s in slots if s.damage] + ([damage] if damage else []))
 
-    emit(fmt, data, table)
+    emit(fmt, "mm", data, table)
     fail_if_walk_found_nothing(prog, "rmap_items", sum(sum(s.items.values()) for s in slots),
                                bool(damage) or any(s.damage for s in slots))
+    say_limited(len(shown), matched, "mms")
     if pid is not None and not shown:
         say_nothing_matched(f"process {pid}: not on ksm_mm_head (KSM does not scan it)")

@@ -6,10 +6,10 @@ from typing import Optional
 
 import click
 
-from .render import emit, format_option, hexaddr
 from .params import HEX, PID
-from .rmap import fields_json, fields_text
-from .stable_tree import draw, node_json, totals
+from .records import fields_text, hexaddr, item_json, node_json
+from .render import echo_wrapped, emit, format_option
+from .stable_tree import draw, totals
 
 
 @click.command("page")
@@ -31,6 +31,7 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
       ksminspect -c vmcore.xz -s vmlinux.debug.xz page --pid 42 0x7f7540366000
     """
     from ksminspect.layout import get_layout
+    from ksminspect.mm import mm_owner
     from ksminspect.page import inspect_address, inspect_pfn, page_frame
     from ksminspect.program import dump_description
 
@@ -39,49 +40,47 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
     r = (inspect_address(prog, pid, target) if pid is not None
          else inspect_pfn(prog, page_frame(prog, target)))
     data = {
-        "pfn": r.pfn if r.pfn >= 0 else None,
+        "pfn": hexaddr(r.pfn) if r.pfn >= 0 else None,
         "page": hexaddr(r.page) if r.page else None,
         "mapping": hexaddr(r.mapping) if r.page else None,
         "pid": r.pid,
-        "address": hexaddr(r.address),
+        "page_address": hexaddr(r.address),
         "ksm": r.is_ksm,
         "in_dump": r.in_dump,
         "stable_node": hexaddr(r.stable_node),
         "node": node_json(r.entry) if r.entry else None,
         "chain": hexaddr(r.chain.node) if r.chain else None,
-        "items": [{"item": hexaddr(i.address), "mm": hexaddr(i.mm),
-                   "page_address": hexaddr(i.page_address), "state": i.state.value,
-                   "fields": fields_json(i.meaningful(has_offset))} for i in r.items],
+        "items": [item_json(i, mm_owner(prog, i.mm), has_offset) for i in r.items],
     }
 
     def table() -> None:
         where = f"pid {r.pid} address {r.address:#x}" if r.pid is not None else ""
         if r.pfn < 0:
-            click.echo(f"{where}: not mapped to a page")
+            echo_wrapped(f"{where}: not mapped to a page")
         elif r.is_ksm:
-            click.echo(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is a KSM page; "
+            echo_wrapped(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is a KSM page; "
                        f"page->mapping points at stable node {r.stable_node:#x}")
             if r.entry is None:
                 click.echo("that stable node is in no stable tree and not on migrate_nodes")
             else:
                 if r.chain is not None:
-                    click.echo(f"it is a dup of chain {r.chain.node:#x} "
+                    echo_wrapped(f"it is a dup of chain {r.chain.node:#x} "
                                f"({len(r.chain.dups)} dups)")
                 draw({r.entry.tree_nid if r.entry.tree_nid is not None else 0: [r.entry]}, [],
                      totals([r.entry]))
         else:
-            click.echo(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is not a KSM page "
+            echo_wrapped(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is not a KSM page "
                        f"(page->mapping {r.mapping:#x})")
         if r.in_dump is False:
             dump = dump_description(prog)
             why = (f": dump level {dump['dump_level']} left out {', '.join(dump['left_out'])}"
                    if dump["left_out"] else "")
-            click.echo(f"the page's own memory is not in the dump{why}; its struct page and "
+            echo_wrapped(f"the page's own memory is not in the dump{why}; its struct page and "
                        f"KSM's objects are in it")
         for i in r.items:
-            click.echo(f"rmap_item {i.address:#x} covers it: {i.state.value} "
+            echo_wrapped(f"rmap_item {i.address:#x} covers it: {i.state.value} "
                        f"{fields_text(i.meaningful(has_offset))}")
         if not r.items and not r.is_ksm:
             click.echo("no rmap_item covers it")
 
-    emit(fmt, data, table)
+    emit(fmt, "page", data, table)

@@ -45,18 +45,14 @@ def require_process(prog, pid: Optional[int]) -> None:
     """A --pid that names no process in this kernel is a mistake (exit 2).
     Where the task list cannot be read, the filter simply matches nothing."""
     import drgn
-    from drgn.helpers.linux.pid import find_task
 
-    from ksminspect.errors import KsmInspectError
+    from ksminspect.mm import find_process
 
-    if pid is None:
-        return
-    try:
-        found = bool(find_task(prog, pid))
-    except (drgn.FaultError, LookupError):
-        return
-    if not found:
-        raise KsmInspectError(f"no process with pid {pid} in this kernel")
+    if pid is not None:
+        try:
+            find_process(prog, pid)
+        except (drgn.FaultError, LookupError):
+            pass
 
 
 def require_tree(prog, nid: Optional[int]) -> None:
@@ -74,6 +70,18 @@ def require_tree(prog, nid: Optional[int]) -> None:
         raise KsmInspectError(f"no tree for nid {nid}: this kernel keeps {count} stable and "
                               f"unstable tree{'s' if count != 1 else ''} (nid 0"
                               f"{f' to {count - 1}' if count > 1 else ''})")
+
+
+def limit_option(what: str):
+    """--limit N: at most N of the long list a command shows."""
+    return click.option("--limit", type=COUNT, metavar="N",
+                        help=f"Show at most N {what}, in the order shown (JSON too).")
+
+
+def say_limited(shown: int, total: int, what: str) -> None:
+    """On stderr, when --limit left some out: how many of how many."""
+    if shown < total:
+        click.echo(f"ksminspect: showing {shown} of {total} {what} (--limit)", err=True)
 
 
 def say_nothing_matched(what: str) -> None:

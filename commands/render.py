@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import re
+import shutil
+import subprocess
 import sys
+import textwrap
 from itertools import islice
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import click
 from tabulate import tabulate
 
+from .records import document
+
 FORMATS = ("table", "json")
+
+# whether severities are coloured: stdout is a terminal and NO_COLOR is unset
+# (decided once, before a pager takes stdout)
+COLOUR = [False]
+_PAGING = [False]  # stdout is a pager's pipe: the terminal's width still holds
+SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "differs": "yellow"}
 
 def format_option_with(*extra: str):
     """-f/--format: table or json, and the command's own *extra* formats."""
@@ -21,20 +36,12 @@ def format_option_with(*extra: str):
 format_option = format_option_with()
 
 
-def hexaddr(value: int | None) -> str | None:
-    """Kernel addresses as hex strings in JSON: they exceed 2**53."""
-    return None if value is None else f"{value:#x}"
-
-
-def json_int(value: int | None) -> str:
-    """``json.dumps(value)`` of an int or None, without its cost per call."""
-    return "null" if value is None else "%d" % value
-
-
 def emit_json(data: Any, out: Callable[[str], Any] | None = None) -> None:
     """``json.dumps(data)`` and a newline, written to *out* (stdout). A
     :class:`JsonArray` anywhere in *data* is written an item at a time, so a
-    host's millions of items are never one Python object each and one string."""
+    host's millions of items are never one Python object each and one string;
+    a callable is called when its turn comes (damage found by a walk written
+    before it)."""
     # Only json.dumps() without indentation takes json's C encoder: ten times
     # faster on a host's million items. Pipe through `jq .` to read it.
     write = out or sys.stdout.write
@@ -46,7 +53,7 @@ class JsonArray:
     """A JSON array given as the JSON texts of its items (an iterable, read
     once), *count* of them."""
 
-    def __init__(self, texts: Iterable[str], count: int):
+    def __init__(self, texts: Iterable[str], count: int = -1):
         self.texts = texts
         self.count = count
 
@@ -55,7 +62,7 @@ class JsonArray:
 
 
 def _streams(value: Any) -> bool:
-    if isinstance(value, JsonArray):
+    if isinstance(value, JsonArray) or callable(value):
         return True
     if isinstance(value, dict):
         return any(_streams(v) for v in value.values())
@@ -64,6 +71,8 @@ def _streams(value: Any) -> bool:
 
 
 def _write_json(value: Any, write: Callable[[str], Any]) -> None:
+    if callable(value):
+        value = value()
     if isinstance(value, JsonArray):
         texts = iter(value.texts)
         write("[" + ", ".join(islice(texts, 1)))
@@ -87,15 +96,167 @@ def _write_json(value: Any, write: Callable[[str], Any]) -> None:
         write(json.dumps(value))
 
 
-def emit_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None) -> None:
+@contextlib.contextmanager
+def terminal_output(paged: bool) -> Iterator[None]:
+    """On a terminal: severities in colour unless $NO_COLOR, and with
+    *paged* the output through a pager as git does ($KSMINSPECT_PAGER, else
+    $PAGER, else less; LESS=FRX unless set: one screen goes straight
+    through). Elsewhere, nothing changes."""
+    tty = sys.stdout.isatty()
+    COLOUR[0] = tty and not os.environ.get("NO_COLOR")
+    command = os.environ.get("KSMINSPECT_PAGER", os.environ.get("PAGER", "less")).strip()
+    if not (tty and paged and command and command != "cat" and shutil.which(command.split()[0])):
+        yield
+        return
+    env = dict(os.environ)
+    env.setdefault("LESS", "FRX")
+    pager = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, env=env)
+    stdout = sys.stdout
+    sys.stdout = io.TextIOWrapper(pager.stdin, encoding=stdout.encoding or "utf-8", errors="replace")
+    _PAGING[0] = True
+    try:
+        yield
+    finally:
+        try:
+            sys.stdout.close()
+        except OSError:  # the reader quit first
+            pass
+        sys.stdout, _PAGING[0] = stdout, False
+        pager.wait()
+
+
+def severity(text: str, level: Optional[str] = None) -> str:
+    """*text* in the colour of its severity *level* (by default the text
+    itself: "error", "warning", "differs"), where colour is on."""
+    level = level or text
+    colour = SEVERITY_COLOURS.get(level)
+    return click.style(text, fg=colour, bold=level == "error") if COLOUR[0] and colour else text
+
+
+def terminal_width() -> Optional[int]:
+    """The width tables and prose must fit: $COLUMNS, else the terminal's
+    when stdout is one; None (no limit) when the output goes to a file or a
+    pipe, as ps and git do."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty() or _PAGING[0]:
+        return shutil.get_terminal_size().columns
+    return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def _wrap(text: str, width: int, indent: str = "") -> list[str]:
+    """Words filled to *width*; a word (an address) is never broken."""
+    return textwrap.wrap(text, width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def echo_wrapped(text: str, indent: int = 4) -> None:
+    """A line of prose, wrapped to the terminal with its continuation
+    lines indented."""
+    width = terminal_width()
+    if width is None or visible_len(text) <= width:
+        click.echo(text, color=COLOUR[0])
+    else:
+        click.echo("\n".join(_wrap(text, width, " " * indent)), color=COLOUR[0])
+
+
+def echo_parts(first: str, rest: str, parts: Sequence[str]) -> None:
+    """A drawing's line: *parts* two spaces apart after the prefix *first*,
+    folded after *rest* (the drawing's lines going on) where the terminal
+    is too narrow."""
+    width = terminal_width()
+    line = first + parts[0]
+    for part in parts[1:]:
+        if width is not None and visible_len(line) + 2 + visible_len(part) > width:
+            click.echo(line, color=COLOUR[0])
+            line = rest + part
+        else:
+            line += "  " + part
+    click.echo(line, color=COLOUR[0])
+
+
+def emit_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str | None = None,
+               wrap: Sequence[str] = (), shrink: Sequence[str] = ()) -> None:
+    """A table that fits the terminal: the *wrap* columns (prose, fields)
+    are filled to what the others leave, the *shrink* columns (comm) cut
+    short with "~"; where that cannot fit, each row becomes a block of
+    "header value" pairs. Addresses are never cut."""
     if title:
-        click.echo(title)
-    click.echo(tabulate(list(rows), headers=headers, disable_numparse=True))
+        echo_wrapped(title)
+    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    width = terminal_width()
+    text = _table(rows, headers, width, wrap, shrink)
+    if text is None:
+        text = "\n".join(_blocks(rows, headers, width))
+    click.echo(text, color=COLOUR[0])
 
 
-def emit(fmt: str, data: Any, table: Callable[[], None]) -> None:
+def _table(rows: list[list[str]], headers: Sequence[str], width: Optional[int],
+           wrap: Sequence[str], shrink: Sequence[str]) -> Optional[str]:
+    def render(rows: list[list[str]]) -> str:
+        return tabulate(rows, headers=headers, disable_numparse=True)
+
+    text = render(rows)
+    if width is None or max(map(visible_len, text.splitlines() or [""])) <= width:
+        return text
+    flexible = [i for i, h in enumerate(headers) if h in wrap or h in shrink]
+    # tabulate's simple format pads a header by 2 (its MIN_PADDING)
+    natural = [max([visible_len(h) + 2] + [visible_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    room = width - 2 * (len(headers) - 1) - sum(w for i, w in enumerate(natural) if i not in flexible)
+    if not flexible or room <= 0:
+        return None
+    share = room // len(flexible)
+    rows = [list(r) for r in rows]
+    for i in flexible:
+        if headers[i] in wrap:
+            longest = max((len(word) for r in rows for word in r[i].split()), default=0)
+            if share < max(longest, len(headers[i]) + 2):
+                return None
+            for r in rows:
+                r[i] = "\n".join(_wrap(r[i], share))
+        else:
+            if share < max(6, len(headers[i]) + 2):
+                return None
+            for r in rows:
+                r[i] = r[i] if len(r[i]) <= share else r[i][:share - 1] + "~"
+    text = render(rows)
+    return text if max(map(visible_len, text.splitlines())) <= width else None
+
+
+def _blocks(rows: list[list[str]], headers: Sequence[str], width: int) -> Iterator[str]:
+    """Each row as "header value" pairs filled to *width*, continuation
+    lines indented: what a table too wide for the terminal becomes."""
+    for row in rows:
+        line = ""
+        for header, value in zip(headers, row):
+            if not value:
+                continue
+            pair = f"{header} {value}" if header else value
+            if not line:
+                line = pair
+            elif visible_len(line) + 2 + visible_len(pair) <= width:
+                line += "  " + pair
+            else:
+                yield line
+                line = "    " + pair
+            if visible_len(line) > width:  # prose: fill it
+                *done, line = _wrap(line, width, "    ")
+                yield from done
+        yield line
+
+
+def emit(fmt: str, name: str, data: dict[str, Any], table: Callable[[], None]) -> None:
+    """*data* as the JSON document *name* (schema.json), or *table* drawn."""
     if fmt == "json":
-        emit_json(data)
+        emit_json(document(name, data))
     else:
         table()
 

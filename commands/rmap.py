@@ -3,57 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Iterator, Optional
 
 import click
 
-from .params import HEX, NID, PID, require_process, require_tree, say_nothing_matched
-from .render import (emit, emit_table, fail_if_walk_found_nothing, format_option, hexaddr, progress,
-                     say_damage)
-
-
-def fields_json(fields: dict[str, Any]) -> dict[str, Any]:
-    from ksminspect.decode import POINTER_FIELDS
-
-    return {k: hexaddr(v) if k in POINTER_FIELDS else v for k, v in fields.items()}
-
-
-def fields_text(fields: dict[str, Any]) -> str:
-    from ksminspect.decode import POINTER_FIELDS
-
-    return " ".join(f"{k}={v:#x}" if k in POINTER_FIELDS or k == "offset" else f"{k}={v}"
-                    for k, v in fields.items())
-
-
-def item_json(item, owner, has_offset: bool, all_fields: bool) -> dict[str, Any]:
-    out = {
-        "item": hexaddr(item.address),
-        "mm": hexaddr(item.mm),
-        "pid": owner.pid if owner else None,
-        "comm": owner.comm if owner else None,
-        "page_address": hexaddr(item.page_address),
-        "state": item.state.value,
-        "seqnr": item.seqnr if item.state.value == "unstable" else None,
-        "fields": fields_json(item.meaningful(has_offset)),
-    }
-    if all_fields:
-        out["other"] = fields_json(item.other(has_offset))
-    return out
-
-
-def stream_json(key: str, records: Iterator[dict[str, Any]], extra: dict[str, Any]) -> None:
-    """{"<key>": [...], ...extra}, written as the records come."""
-    out = sys.stdout
-    out.write("{\n  " + json.dumps(key) + ": [")
-    first = True
-    for r in records:
-        out.write(("\n    " if first else ",\n    ") + json.dumps(r))
-        first = False
-    out.write("\n  ]")
-    for k, v in extra.items():  # a callable is asked after the records: damage found on the way
-        out.write(f",\n  {json.dumps(k)}: {json.dumps(v() if callable(v) else v)}")
-    out.write("\n}\n")
+from .params import (HEX, NID, PID, limit_option, require_process, require_tree, say_limited,
+                     say_nothing_matched)
+from .records import damage_json, document, fields_text, item_json
+from .render import (JsonArray, emit, emit_json, emit_table, fail_if_walk_found_nothing, format_option,
+                     progress, say_damage)
 
 
 @click.command("rmap")
@@ -63,10 +21,11 @@ def stream_json(key: str, records: Iterator[dict[str, Any]], extra: dict[str, An
               help="Only items in this state (by STABLE_FLAG/UNSTABLE_FLAG).")
 @click.option("--all-fields", is_flag=True,
               help="Also show every union member under the interpretation the state does not mean.")
+@limit_option("rmap_items")
 @format_option
 @click.pass_obj
 def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
-         all_fields: bool, fmt: str) -> None:
+         all_fields: bool, limit: Optional[int], fmt: str) -> None:
     """The rmap_items of each mm, in scan order, with decoded unions.
 
     A stable item shows anon_vma, head and hlist (and the seed's page offset
@@ -100,11 +59,13 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
                 walked[0] += 1
                 if state is None or item.state.value == state:
                     shown[0] += 1
-                    yield item, owner
+                    if limit is None or shown[0] <= limit:
+                        yield item, owner
 
     if fmt == "json":
-        stream_json("items", (item_json(i, o, has_offset, all_fields) for i, o in items()),
-                    {"damage": lambda: [d.sentence() for d in lists.damage]})
+        emit_json(document("rmap", {
+            "items": JsonArray(json.dumps(item_json(i, o, has_offset, all_fields)) for i, o in items()),
+            "damage": lambda: damage_json(lists.damage)}))  # after the walk that finds it
     else:
         rows = []
         for item, owner in progress(items(), "rmap_items"):
@@ -115,8 +76,11 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
                 row.append(fields_text(item.other(has_offset)))
             rows.append(row)
         emit_table(rows, ["item", "pid", "page address", "state", "fields"]
-                   + (["other interpretation"] if all_fields else []))
+                   + (["other interpretation"] if all_fields else []),
+                   wrap=["fields", "other interpretation"])
         say_damage(prog, lists.damage)
+    if limit is not None:
+        say_limited(min(limit, shown[0]), shown[0], "rmap_items")
     if pid is None and mm_addr is None:
         fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(lists.damage))
     if not shown[0] and (pid, mm_addr, state) != (None, None, None):
@@ -132,9 +96,10 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
 @click.command("unstable-tree")
 @click.option("--nid", type=NID, help="Only root_unstable_tree[NID].")
 @click.option("--pid", type=PID, help="Only the items of process PID.")
+@limit_option("items of each tree")
 @format_option
 @click.pass_obj
-def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None:
+def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[int], fmt: str) -> None:
     """The unstable trees (root_unstable_tree[nid]) in tree order.
 
     Each node is an rmap_item with UNSTABLE_FLAG: its seqnr (low bits of the
@@ -152,9 +117,10 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None
     require_process(prog, pid)
     require_tree(prog, nid)
     w = walker(prog)
+    has_offset = w.layout.rmap_item.offset is not None
     trees = []
     damage = []
-    walked = 0
+    walked = matched = 0
     for tree_nid, root in w.unstable_tree_roots():
         if nid is not None and tree_nid != nid:
             continue
@@ -166,7 +132,8 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None
                     items.append(item)
         except WalkDamage as e:
             damage.append(e.damage)
-        trees.append((tree_nid, items))
+        trees.append((tree_nid, items[:limit]))
+        matched += len(items)
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
     cursor = read_scan_cursor(prog)
@@ -175,12 +142,9 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None
     data = {
         "seqnr": seqnr,
         "tree_seqnr": tree_seqnr,
-        "trees": [{"nid": nid, "items": [
-            {"item": hexaddr(i.address), "mm": hexaddr(i.mm), "pid": mm_owner(prog, i.mm).pid,
-             "comm": mm_owner(prog, i.mm).comm, "page_address": hexaddr(i.page_address),
-             "state": i.state.value, "seqnr": i.seqnr, "nid": i.nid, "age": i.age,
-             "oldchecksum": i.oldchecksum} for i in items]} for nid, items in trees],
-        "damage": [d.sentence() for d in damage],
+        "trees": [{"nid": nid, "items": [item_json(i, mm_owner(prog, i.mm), has_offset) for i in items]}
+                  for nid, items in trees],
+        "damage": damage_json(damage),
     }
 
     def table() -> None:
@@ -189,14 +153,15 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], fmt: str) -> None
                        f"(full_scans {seqnr}; the tree holds seqnr {tree_seqnr})")
             emit_table([[f"{i.address:#x}", mm_owner(prog, i.mm).pid, mm_owner(prog, i.mm).comm,
                          f"{i.page_address:#x}", i.seqnr, "-" if i.age is None else i.age,
-                         f"{i.oldchecksum:#010x}"] + ([] if i.nid is None else [i.nid])
+                         f"{i.oldchecksum:#x}"] + ([] if i.nid is None else [i.nid])
                         for i in items],
                        ["item", "pid", "comm", "page address", "seqnr", "age", "oldchecksum"]
-                       + (["nid"] if w.layout.numa else []))
+                       + (["nid"] if w.layout.numa else []), shrink=["comm"])
             click.echo()
         say_damage(prog, damage)
 
-    emit(fmt, data, table)
+    emit(fmt, "unstable-tree", data, table)
+    say_limited(sum(len(items) for _, items in trees), matched, "unstable tree items")
     if nid is None:
         fail_if_walk_found_nothing(prog, "pages_unshared", walked, bool(damage))
     if pid is not None and not any(items for _, items in trees):

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Optional
+from typing import Any
 
 import click
 
-from .render import JsonArray, emit, emit_json, emit_table, format_option, json_int
-
-SNAPSHOT_VERSION = 1
-
-
-def item_template(pid: Optional[int], comm: Optional[str]) -> str:
-    """A snapshot item's JSON for one process, as json.dumps() writes it, to
-    be filled with ``% (item, mm, page_address, state)``."""
-    who = f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'.replace("%", "%%")
-    return f'{{"item": "%#x", {who}, "mm": "%#x", "page_address": "%#x", "state": "%s"}}'
+from .records import (SCHEMA_VERSION, cursor_json, document, finding_json, item_template, mm_slot_json,
+                      node_text)
+from .render import JsonArray, echo_wrapped, emit, emit_json, emit_table, format_option
 
 
 def take_snapshot(app) -> dict[str, Any]:
@@ -35,9 +28,6 @@ def take_snapshot(app) -> dict[str, Any]:
 
     import numpy as np
 
-    from .check import finding_json
-    from .mm import cursor_json, mm_slot_json
-
     prog = app.prog
     cursor = read_scan_cursor(prog)
     damage: list[str] = []
@@ -52,8 +42,8 @@ def take_snapshot(app) -> dict[str, Any]:
     except WalkDamage as e:
         damage.append(e.damage.sentence())
     def item_texts():
-        """Each item's JSON, as json.dumps() writes {item, pid, comm, mm,
-        page_address, state}: a million items are no million dicts."""
+        """Each item's short record, as json.dumps() writes it: a million
+        items are no million dicts."""
         state_words = np.array(words, object)
         for run in c.runs:
             owner = mm_owner(prog, run.mm)
@@ -62,13 +52,6 @@ def take_snapshot(app) -> dict[str, Any]:
             yield from map(item.__mod__, zip(c.item_address[rows].tolist(), c.items["mm"][rows].tolist(),
                                              c.page_address(rows).tolist(),
                                              state_words[c.state[rows]].tolist()))
-
-    def page_text(p) -> str:
-        """A stable page: {node, kind, kpfn, sharers: [[pid, page_address]...]}."""
-        _, _, pids, _, addresses, _ = p.sharers.columns()
-        sharers = ", ".join(map('[%s, "%#x"]'.__mod__, zip(map(json_int, pids), addresses)))
-        return (f'{{"node": "{p.node:#x}", "kind": "{p.kind.value}", "kpfn": {json_int(p.kpfn)}, '
-                f'"sharers": [{sharers}]}}')
 
     items = JsonArray(item_texts(), c.walked)
     pages = []
@@ -80,8 +63,7 @@ def take_snapshot(app) -> dict[str, Any]:
     report = check_live(prog) if app.live else run_checks(prog)
     # a dump's own time (the kernel's clock when it was taken), not this run's
     clock = None if app.live else wall_clock(prog)
-    return {
-        "ksminspect_snapshot": SNAPSHOT_VERSION,
+    return document("snapshot", {
         "kernel_release": kernel_release(prog),
         "live": app.live,
         "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock)),
@@ -91,11 +73,11 @@ def take_snapshot(app) -> dict[str, Any]:
         "cursor": cursor_json(prog, cursor),
         "mm_slots": slots,
         "items": items,
-        "stable_pages": JsonArray(map(page_text, pages), len(pages)),
+        "stable_pages": JsonArray(map(node_text, pages), len(pages)),
         "findings": [finding_json(f) for f in report.findings],
         "damage": damage,
         "dump": dump_description(prog),
-    }
+    })
 
 
 @click.command("snapshot")
@@ -140,8 +122,12 @@ def _load(path: str) -> dict[str, Any]:
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise KsmInspectError(f"{path} cannot be read as a ksminspect snapshot: {e}") from None
-    if not isinstance(data, dict) or data.get("ksminspect_snapshot") != SNAPSHOT_VERSION:
-        raise KsmInspectError(f"{path} is not a ksminspect snapshot (version {SNAPSHOT_VERSION})")
+    if not isinstance(data, dict) or data.get("document") != "snapshot" and "ksminspect_snapshot" not in data:
+        raise KsmInspectError(f"{path} is not a ksminspect snapshot")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise KsmInspectError(f"{path} is a snapshot of another ksminspect (schema "
+                              f"{data.get('schema_version', 0)}, this one reads {SCHEMA_VERSION}): "
+                              f"take it again with this one")
     return data
 
 
@@ -205,7 +191,7 @@ def diff(before: str, after: str, fmt: str) -> None:
                    f"({b['taken']} < {a['taken']})", err=True)
 
     def table() -> None:
-        click.echo(f"before {d['before']['taken']} ({d['before']['kernel_release']}), "
+        echo_wrapped(f"before {d['before']['taken']} ({d['before']['kernel_release']}), "
                    f"after {d['after']['taken']} ({d['after']['kernel_release']})")
         missing = "(not in this kernel)"
         emit_table([[k, missing if v["before"] is None else v["before"],
@@ -215,19 +201,19 @@ def diff(before: str, after: str, fmt: str) -> None:
         click.echo()
         for key in ("processes_appeared", "processes_gone"):
             names = ", ".join(f"{p['pid']} {p['comm']}" for p in d[key]) or "none"
-            click.echo(f"{key.replace('_', ' ')}: {names}")
+            echo_wrapped(f"{key.replace('_', ' ')}: {names}")
         for key in ("merged", "unmerged"):
             by_pid: dict = {}
             for e in d[key]:
                 by_pid[e["pid"]] = by_pid.get(e["pid"], 0) + 1
-            click.echo(f"{key}: {len(d[key])} pages"
+            echo_wrapped(f"{key}: {len(d[key])} pages"
                        + (" (" + ", ".join(f"pid {p}: {n}" for p, n in by_pid.items()) + ")" if by_pid else ""))
         leaked = d["leaked"]
-        click.echo(f"leaked: {len(leaked['orphans'])} orphaned objects, "
+        echo_wrapped(f"leaked: {len(leaked['orphans'])} orphaned objects, "
                    f"{len(leaked['exited_mm_slots'])} mm slots of exited processes, "
                    f"{len(leaked['stable_pages_without_sharers'])} stable pages without sharers")
-        click.echo(f"new findings (error or warning): {len(d['new_findings'])}")
+        echo_wrapped(f"new findings (error or warning): {len(d['new_findings'])}")
         for f in d["new_findings"]:
-            click.echo(f"  {f['severity']} {f['check']}: {f['message']}")
+            echo_wrapped(f"  {f['severity']} {f['check']}: {f['message']}")
 
-    emit(fmt, d, table)
+    emit(fmt, "diff", d, table)

@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from typing import Any, Optional
-
-from ksminspect.decode import NodeKind
+from typing import Optional
 
 import click
 
-from .params import COUNT, NID, PID, require_process, require_tree, say_nothing_matched
-from .render import (JsonArray, emit_json, fail_if_walk_found_nothing, format_option, json_int,
-                     progress, say_changed_while_read, say_damage)
-
-
-# A sharer as json.dumps() writes it, made from the columns: a host has a
-# million sharers, and dicts would cost more than the whole walk.
-_SHARER = '{"item": "%#x", "mm": "%#x", %s, "page_address": "%#x", "state": "%s"}'
-
-
-@lru_cache(maxsize=None)
-def _owner_text(pid: Optional[int], comm: Optional[str]) -> str:
-    return f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'
-
-
-def sharers_text(sharers) -> str:
-    """The JSON texts of a node's :class:`~ksminspect.stable.Sharers`, comma-separated."""
-    items, mms, pids, comms, pages, states = sharers.columns()
-    return ", ".join(map(_SHARER.__mod__, zip(items, mms, map(_owner_text, pids, comms), pages, states)))
-
-
-def node_text(e) -> str:
-    """A stable tree entry as JSON text: the one definition of its keys."""
-    chain = e.kind is NodeKind.CHAIN
-    return (f'{{"node": "{e.node:#x}", "kind": "{e.kind.value}", "tree_nid": {json_int(e.tree_nid)}, '
-            f'"nid": {"null" if chain else json_int(e.nid)}, '
-            f'"kpfn": {json_int(e.kpfn)}, "rmap_hlist_len": {json_int(e.rmap_hlist_len)}, '
-            f'"sharers": [{sharers_text(e.sharers) if e.sharers else ""}], '
-            f'"dups": [{", ".join(map(node_text, e.dups))}], '
-            f'"damage": {json.dumps([d.sentence() for d in e.damage]) if e.damage else "[]"}'
-            + (f', "chain_prune_time": {e.chain_prune_time}}}' if e.chain_prune_time is not None else "}"))
-
-
-def node_json(e) -> dict[str, Any]:
-    return json.loads(node_text(e))
+from .params import (COUNT, NID, PID, limit_option, require_process, require_tree, say_limited,
+                     say_nothing_matched)
+from .records import damage_json, document, node_json, node_text
+from .render import (JsonArray, echo_parts, echo_wrapped, emit_json, fail_if_walk_found_nothing, format_option,
+                     progress, say_changed_while_read, say_damage, severity)
 
 
 def _keep(e, min_sharers: int, pid: Optional[int]) -> bool:
@@ -87,19 +53,21 @@ def totals(entries) -> dict[str, int]:
 def _draw_sharers(e, prefix: str) -> None:
     for i, s in enumerate(e.sharers):
         last = i == len(e.sharers) - 1
-        state = "" if s.state == "stable" else f"  [{s.state}!]"
         who = f"pid {s.pid} {s.comm}" if s.pid is not None else f"mm {s.mm:#x}"
-        click.echo(f"{prefix}{'└── ' if last else '├── '}{who}  {s.page_address:#x}"
-                   f"  item {s.item:#x}{state}")
+        state = [] if s.state == "stable" else [severity(f"[{s.state}!]", "error")]
+        echo_parts(f"{prefix}{'└── ' if last else '├── '}", prefix + ("        " if last else "│       "),
+                   [who, f"{s.page_address:#x}", f"item {s.item:#x}"] + state)
 
 
-def _describe(e, all_dups: dict[int, int]) -> str:
-    nid = f" nid {e.nid}" if e.nid is not None else ""
+def _describe(e, all_dups: dict[int, int]) -> list[str]:
+    """An entry's line, in parts that may be folded."""
     if e.kind.value == "chain":  # a chain's own nid is never set
         total = all_dups.get(e.node, len(e.dups))
-        return f"chain {e.node:#x}  dups {len(e.dups)}" + (f" of {total}" if total != len(e.dups) else "")
-    return (f"{e.kind.value} {e.node:#x}  kpfn {e.kpfn:#x}  sharers {len(e.sharers)}"
-            f"{nid}{'' if e.rmap_hlist_len == len(e.sharers) else f'  rmap_hlist_len {e.rmap_hlist_len}!'}")
+        return [f"chain {e.node:#x}", f"dups {len(e.dups)}" + (f" of {total}" if total != len(e.dups) else "")]
+    return ([f"{e.kind.value} {e.node:#x}", f"kpfn {e.kpfn:#x}", f"sharers {len(e.sharers)}"
+             + (f" nid {e.nid}" if e.nid is not None else "")]
+            + ([] if e.rmap_hlist_len == len(e.sharers)
+               else [severity(f"rmap_hlist_len {e.rmap_hlist_len}!", "error")]))
 
 
 def draw(trees: dict, migrate: list, total: dict[str, int],
@@ -109,27 +77,32 @@ def draw(trees: dict, migrate: list, total: dict[str, int],
         click.echo(f"root_stable_tree[{nid}]: {len(entries)} entries")
         for i, e in enumerate(entries):
             last = i == len(entries) - 1
-            click.echo(f"{'└── ' if last else '├── '}{_describe(e, all_dups)}")
             inner = "    " if last else "│   "
+            echo_parts("└── " if last else "├── ", inner + "    ", _describe(e, all_dups))
             for j, d in enumerate(e.dups):
                 dlast = j == len(e.dups) - 1
-                click.echo(f"{inner}{'└── ' if dlast else '├── '}{_describe(d, all_dups)}")
+                echo_parts(f"{inner}{'└── ' if dlast else '├── '}",
+                           inner + ("        " if dlast else "│       "), _describe(d, all_dups))
                 _draw_sharers(d, inner + ("    " if dlast else "│   "))
             _draw_sharers(e, inner)
     click.echo(f"migrate_nodes: {len(migrate)} entries")
     for e in migrate:
-        click.echo(f"└── {_describe(e, all_dups)}")
+        echo_parts("└── ", "        ", _describe(e, all_dups))
         _draw_sharers(e, "    ")
-    click.echo(", ".join(f"{k} {v}" for k, v in total.items()))
+    echo_wrapped(", ".join(f"{k} {v}" for k, v in total.items()))
 
 
 @click.command("stable-tree")
 @click.option("--nid", type=NID, help="Only root_stable_tree[NID].")
 @click.option("--min-sharers", type=COUNT, default=0, help="Only pages with at least N sharers.")
 @click.option("--pid", type=PID, help="Only pages that process PID shares.")
+@click.option("--sort", type=click.Choice(["sharers"]),
+              help="Most shared first (a chain: its dups' sharers); without it, tree order.")
+@limit_option("entries of each tree and of migrate_nodes")
 @format_option
 @click.pass_obj
-def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], fmt: str) -> None:
+def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], sort: Optional[str],
+                limit: Optional[int], fmt: str) -> None:
     """The stable trees: chain -> dups -> sharers, and migrate_nodes.
 
     Each entry shows its kpfn and sharers (pid, comm, page address); a chain
@@ -139,6 +112,7 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
     \b
     Example:
       ksminspect -c vmcore.xz -s vmlinux.debug.xz stable-tree --min-sharers 3
+      ksminspect -c vmcore.xz -s vmlinux.debug.xz stable-tree --sort sharers --limit 10
     """
     from ksminspect.session import session
     from ksminspect.stable import for_each_stable_tree_node
@@ -165,19 +139,25 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], f
                 bucket.append(_filter(e, min_sharers, pid, all_dups))
     except WalkDamage as e:
         damage.append(e.damage)
+    matched = sum(map(len, trees.values())) + len(migrate)
+    for entries in list(trees.values()) + [migrate]:
+        if sort:
+            entries.sort(key=lambda e: -sum(len(d.sharers) for d in (e.dups or [e])))
+        del entries[limit if limit is not None else len(entries):]
     shown = [e for entries in trees.values() for e in entries] + migrate
     total = totals(shown)
     if fmt == "json":
-        emit_json({
+        emit_json(document("stable-tree", {
             "trees": [{"nid": n, "nodes": JsonArray(map(node_text, entries), len(entries))}
                       for n, entries in trees.items()],
             "migrate_nodes": [node_json(e) for e in migrate],
             "totals": total,
-            "damage": [d.sentence() for d in damage],
-        })
+            "damage": damage_json(damage),
+        }))
     else:
         draw(trees, migrate, total, all_dups)
         say_damage(app.prog, damage)
+    say_limited(len(shown), matched, "stable tree entries")
     say_changed_while_read(session(app.prog).collection.changed_while_read)
     if nid is None:
         fail_if_walk_found_nothing(app.prog, "pages_shared", walked, bool(damage))

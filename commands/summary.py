@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .render import (dump_words, emit, emit_table, fail_if_walk_found_nothing, format_option,
-                     say_changed_while_read, say_damage)
+from .records import damage_json, document
+from .render import (dump_words, echo_wrapped, emit, emit_table, fail_if_walk_found_nothing,
+                     format_option, say_changed_while_read, say_damage, severity)
 
 
 @click.command()
@@ -38,22 +39,23 @@ def summary(app, fmt: str, watch: float | None) -> None:
     tunables = read_tunables(prog)
     dump = dump_description(prog)
     data = {"counters": counters, "walked": walked, "tunables": tunables,
-            "damage": [d.sentence() for d in walked_counts.damage], "dump": dump}
+            "damage": damage_json(walked_counts.damage), "dump": dump}
 
     def table() -> None:
         if dump:
-            click.echo(f"dump: {dump_words(dump)}\n")
+            echo_wrapped(f"dump: {dump_words(dump)}")
+            click.echo()
         rows = []
         for name, value in counters.items():
             w = walked.get(name)
-            mark = "" if w is None or w == value else "differs"
+            mark = "" if w is None or w == value else severity("differs")
             rows.append((name, value, "-" if w is None else w, mark))
         emit_table(rows, ("counter", "kernel", "walked", "walk vs kernel"))
         click.echo()
         emit_table(sorted(tunables.items()), ("tunable", "value"))
         say_damage(prog, walked_counts.damage)
 
-    emit(fmt, data, table)
+    emit(fmt, "summary", data, table)
     say_changed_while_read(walked_counts.changed_while_read)
     fail_if_walk_found_nothing(prog, "rmap_items", walked_counts.rmap_items,
                                bool(walked_counts.damage))
@@ -104,8 +106,8 @@ def watch_counters(app, interval: float, fmt: str) -> None:
                 rates = {name: round((counters.get(c, 0) - before.get(c, 0)) / dt, 1)
                          for name, c in RATES.items() if c in counters}
             if fmt == "json":
-                sys.stdout.write(json.dumps({"time": time.time(), "counters": counters,
-                                             "rates": rates}) + "\n")
+                sys.stdout.write(json.dumps(document("summary-watch", {
+                    "time": time.time(), "counters": counters, "rates": rates})) + "\n")
             else:
                 if sys.stdout.isatty():
                     click.clear()

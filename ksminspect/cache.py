@@ -5,11 +5,12 @@ mtime; bounded in size, the least recently used copies going first."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 import tempfile
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import BinaryIO, Callable, NamedTuple, Optional
 
 from ksminspect.errors import TargetError
 
@@ -41,6 +42,43 @@ def cache_key(path: str, *more: str) -> str:
         raise TargetError(f"cannot open {path}: {e.strerror}") from None
     text = "\0".join([os.path.abspath(path), str(st.st_size), str(st.st_mtime_ns), *more])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Reading(io.FileIO):
+    """A file read from start to end, its progress shown on stderr."""
+
+    def __init__(self, path: str):
+        super().__init__(path, "rb")
+        self._size = max(os.fstat(self.fileno()).st_size, 1)
+        self._shown = -1
+
+    def _show(self) -> None:
+        percent = min(self.tell() * 100 // self._size, 100)
+        if percent != self._shown:
+            self._shown = percent
+            sys.stderr.write(f"\rksminspect: {percent}% of {self._size / 1e6:.0f} MB read")
+            sys.stderr.flush()
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self._show()
+        return data
+
+    def readinto(self, buffer) -> int:
+        count = super().readinto(buffer)
+        self._show()
+        return count
+
+    def close(self) -> None:
+        if not self.closed and self._shown >= 0:
+            sys.stderr.write("\n")
+        super().close()
+
+
+def reading(path: str) -> BinaryIO:
+    """*path* opened to be read once through: with a progress line on
+    stderr when it is a terminal (a dump takes minutes to decompress)."""
+    return _Reading(path) if sys.stderr.isatty() else open(path, "rb")
 
 
 def cached_copy(path: str, name: str, make: Callable[[str, str], None], doing: str) -> str:

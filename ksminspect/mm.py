@@ -80,6 +80,19 @@ def _owners_by_task_walk(prog: drgn.Program) -> dict[int, tuple[int, str]]:
     return owners
 
 
+def find_process(prog: drgn.Program, pid: int) -> drgn.Object:
+    """The ``struct task_struct *`` of *pid*; a pid this kernel has no
+    process for is the user's mistake (KsmInspectError, exit 2)."""
+    from drgn.helpers.linux.pid import find_task
+
+    from ksminspect.errors import KsmInspectError
+
+    task = find_task(prog, pid)
+    if not task:
+        raise KsmInspectError(f"no process with pid {pid} in this kernel")
+    return task
+
+
 def mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
     """pid and comm of the process owning *mm* (``struct mm_struct *``):
     ``mm->owner`` where CONFIG_MEMCG has it, else a walk of the tasks; and

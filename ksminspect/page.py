@@ -7,7 +7,6 @@ from typing import Optional
 
 import drgn
 from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
-from drgn.helpers.linux.pid import find_task
 
 from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, KsmInspectError
@@ -157,9 +156,9 @@ def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
 
 
 def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
-    task = find_task(prog, pid)
-    if not task:
-        raise KsmInspectError(f"no process with pid {pid} in this kernel")
+    from ksminspect.mm import find_process
+
+    task = find_process(prog, pid)
     mm = task.mm.value_()
     if not mm:
         raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")

@@ -11,12 +11,13 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import drgn
 
 from ksminspect import dumpfile
-from ksminspect.cache import cache_dir, cache_key, cached_copy
+from ksminspect.cache import cache_dir, cache_key, cached_copy, reading
 from ksminspect.errors import TargetError
 
 COMPRESSED_SUFFIXES = (".zst", ".xz", ".gz")
@@ -29,21 +30,23 @@ def _decompress_to(src: str, dst: str) -> None:
         except ImportError:
             zstandard = None
         if zstandard is not None:
-            with open(src, "rb") as fi, open(dst, "wb") as fo:
+            with reading(src) as fi, open(dst, "wb") as fo:
                 zstandard.ZstdDecompressor().copy_stream(fi, fo)
             return
         if shutil.which("zstd") is None:
             raise TargetError(f"{src} is zstd-compressed; install zstd (Debian: apt install zstd) "
                               f"or the Python package zstandard, or decompress it yourself")
-        res = subprocess.run(["zstd", "-q", "-d", "-f", "-o", dst, src],
-                             stderr=subprocess.PIPE, text=True)
+        # zstd shows its own progress on a terminal
+        tty = sys.stderr.isatty()
+        res = subprocess.run(["zstd"] + ([] if tty else ["-q"]) + ["-d", "-f", "-o", dst, src],
+                             stderr=None if tty else subprocess.PIPE, text=True)
         if res.returncode:
             raise TargetError(f"{src} could not be decompressed: "
-                              f"{res.stderr.strip() or 'zstd failed'}")
+                              f"{(res.stderr or '').strip() or 'zstd failed'}")
         return
     opener = lzma.open if src.endswith(".xz") else gzip.open
     try:
-        with opener(src, "rb") as fi, open(dst, "wb") as fo:
+        with reading(src) as raw, opener(raw, "rb") as fi, open(dst, "wb") as fo:
             shutil.copyfileobj(fi, fo, 1 << 20)
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise TargetError(f"{src} could not be decompressed: {e}") from None

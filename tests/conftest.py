@@ -116,6 +116,46 @@ def run_cli(*args: str) -> Any:
     return runner.invoke(cli, list(args), catch_exceptions=False)
 
 
+def run_on(dump: Dump, *args: str, columns: int | None = None, env: dict | None = None) -> Any:
+    """Run ksminspect in-process on *dump*'s Program of this session (as
+    %ksm does inside drgn: no reopening), through the one path by which
+    errors reach the user, *columns* wide; returns exit_code, stdout, stderr."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from ksminspect.commands.main import App, run
+
+    env = dict(env or {}, **({"COLUMNS": str(columns)} if columns else {}))
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = run(list(args), App(None, (), program_of(dump)))
+    return SimpleNamespace(exit_code=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def command_lines(dump: Dump) -> list[list[str]]:
+    """Every command that reads a kernel, with the options that change its
+    output's shape, on what *dump* holds (page: a KSM page, a page that is
+    not, a process address)."""
+    lines = [["summary"], ["mm"], ["rmap"], ["rmap", "--all-fields"], ["stable-tree"],
+             ["unstable-tree"], ["check"]]
+    tree = json.loads(run_on(dump, "stable-tree", "-f", "json").stdout)
+    nodes = [n for t in tree["trees"] for n in t["nodes"]] + tree["migrate_nodes"]
+    pages = [d for n in nodes for d in (n["dups"] or [n]) if d["sharers"]]
+    if pages:
+        lines.append(["page", pages[0]["kpfn"]])
+        owned = [s for p in pages for s in p["sharers"] if s["pid"] is not None]
+        if owned:
+            lines.append(["page", "--pid", str(owned[0]["pid"]), owned[0]["page_address"]])
+        chained = [n for n in nodes if n["dups"]]
+        if chained:
+            lines.append(["page", chained[0]["dups"][0]["kpfn"]])
+    lines.append(["page", "0x1000"])
+    return lines
+
+
 def run_json(*args: str) -> Any:
     result = run_cli(*args, "--format", "json")
     assert result.exit_code in (0, 1), result.output

@@ -89,7 +89,7 @@ def test_i386_seed_offset_rules() -> None:
     # What they hold is the v4 patch's value, vma->vm_pgoff, in oldchecksum.
     items = json.loads(run_cli(*noreset.args, "rmap", "--pid", str(pairs_pid), "--format", "json").stdout)
     flagged = {f["address"] for f in found}
-    held = {i["item"]: i["fields"]["oldchecksum"] for i in items["items"]}
+    held = {i["address"]: i["fields"]["oldchecksum"] for i in items["items"]}
     assert len({held[a] for a in flagged}) == 1
     assert all(held[a] != held[next(iter(flagged))] for a in held if a not in flagged)
     clean = json.loads(run_cli(*healthy.args, "check", "--format", "json").stdout)

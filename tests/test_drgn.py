@@ -85,6 +85,11 @@ def test_ksm_command_in_drgn_repl(tmp_path: Path) -> None:
         console.runsource("%ksm summary -c /elsewhere/vmcore")
     assert "ksminspect: -c and -s choose the kernel, and inside drgn the kernel is the one drgn " \
            "has: start drgn with -c VMCORE -s VMLINUX instead" in err.getvalue()
+    alone = io.StringIO()
+    with contextlib.redirect_stdout(alone):
+        console.runsource("%ksm")
+    assert alone.getvalue().startswith("usage: %ksm COMMAND [OPTIONS]")
+    assert "  stable-tree  " in alone.getvalue() and "--core" not in alone.getvalue()
     target = tmp_path / "tree.json"
     with contextlib.redirect_stdout(io.StringIO()):
         console.runsource(f"%ksm stable-tree --format json > {target}")
@@ -185,7 +190,7 @@ def test_each_ksm_command_reads_the_kernel_afresh() -> None:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert run(["rmap", "--format", "json"], App(None, (), prog)) == 0
-        return {i["item"]: i["state"] for i in json.loads(out.getvalue())["items"]}
+        return {i["address"]: i["state"] for i in json.loads(out.getvalue())["items"]}
 
     before = rmap()
     item = int(next(a for a, state in before.items() if state == "none"), 16)

@@ -64,6 +64,9 @@ BAD_INPUT = [
      "ksminspect: no tree for nid 5: this kernel keeps 2 stable and unstable trees (nid 0 to 1)"),
     (["stable-tree", "--min-sharers", "-3"], "-3 is not in the range x>=0"),
     (["check", "--retries", "0"], "0 is not in the range x>=1"),
+    (["rmap", "--limit", "-1"], "-1 is not in the range x>=0"),
+    (["mm", "--sort", "size"], "'size' is not one of 'pid', 'items', 'stable', 'merging_pages', 'profit'"),
+    (["check", "--severity", "fatal"], "'fatal' is not one of 'error', 'warning', 'info'"),
     (["snapshot", "/nonexistent/dir/x.json"],
      "ksminspect: cannot write /nonexistent/dir/x.json: there is no directory /nonexistent/dir"),
 ]
@@ -86,6 +89,7 @@ EMPTY_FILTERS = [
     (["stable-tree", "--min-sharers", "99"],
      "ksminspect: nothing matched: no stable pages with at least 99 sharers"),
     (["stable-tree", "--pid", "1"], "ksminspect: nothing matched: no stable pages shared by process 1"),
+    (["mm", "--limit", "0"], "ksminspect: showing 0 of 7 mms (--limit)"),
 ]
 
 

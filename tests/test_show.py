@@ -90,7 +90,7 @@ def test_rmap_states_match_counters(dump: Dump) -> None:
         if item["state"] == "stable":
             assert {"anon_vma", "head", "hlist_next"} <= set(item["fields"])
         if item["state"] == "unstable":
-            assert item["seqnr"] is not None
+            assert item["fields"]["seqnr"] is not None
 
 
 def test_rmap_filters(dump: Dump) -> None:
@@ -114,9 +114,9 @@ def test_unstable_tree_equals_pages_unshared(dump: Dump) -> None:
     # Every unstable item with the trees' seqnr is in a tree; older ones are
     # only flagged until ksmd revisits them (the trees were reset).
     current = [i for i in run_json(*dump.args, "rmap", "--state", "unstable")["items"]
-               if i["seqnr"] == seqnr]
+               if i["fields"]["seqnr"] == seqnr]
     assert len(items) == len(current)
-    assert all(i["state"] == "unstable" and i["seqnr"] == seqnr for i in items)
+    assert all(i["state"] == "unstable" and i["fields"]["seqnr"] == seqnr for i in items)
     if dump.truth["workload"].get("numa") and dump.sysfs.get("merge_across_nodes") == "0":
         assert len(data["trees"]) >= 2
 
@@ -128,21 +128,21 @@ def test_page_of_ksm_page_and_of_cow_broken_page(dump: Dump) -> None:
     tree = run_json(*dump.args, "stable-tree")
     node = next(e for t in tree["trees"] for n in t["nodes"] for e in (n["dups"] or [n]))
     sharer = node["sharers"][0]
-    by_pfn = cannot_tell_or_json(dump, "page", f"{node['kpfn']:x}")  # hex, as crash prints PFNs
+    by_pfn = cannot_tell_or_json(dump, "page", node["kpfn"][2:])  # hex without 0x, as crash prints PFNs
     if by_pfn is not None:
         assert by_pfn["ksm"] is True
-        assert by_pfn["node"]["node"] == node["node"]
-        assert "is a KSM page" in run_cli(*dump.args, "page", f"{node['kpfn']:#x}").output
+        assert by_pfn["node"]["address"] == node["address"]
+        assert "is a KSM page" in run_cli(*dump.args, "page", node["kpfn"]).output
         dup = next((d for t in tree["trees"] for n in t["nodes"] for d in n["dups"] or []), None)
         if dup is not None:  # a dup drawn alone is counted as what it is
-            table = run_cli(*dump.args, "page", f"{dup['kpfn']:#x}").output
+            table = run_cli(*dump.args, "page", dup["kpfn"]).output
             assert "it is a dup of chain" in table and "nodes 0, chains 0, dups 1, pages_shared 1" in table
         by_struct_page = run_json(*dump.args, "page", by_pfn["page"])  # as crash's kmem -p takes it
         assert by_struct_page["pfn"] == node["kpfn"] and by_struct_page["ksm"] is True
     by_address = cannot_tell_or_json(dump, "page", "--pid", str(sharer["pid"]), sharer["page_address"])
     if by_address is not None:
         assert by_address["ksm"] is True and by_address["pfn"] == node["kpfn"]
-        assert [i["item"] for i in by_address["items"]] == [sharer["item"]]
+        assert [i["address"] for i in by_address["items"]] == [sharer["address"]]
 
 
 
@@ -208,15 +208,14 @@ def test_json_texts_keep_what_json_dumps_keeps() -> None:
     beside the per-dump tests above)."""
     import json
 
-    from ksminspect.commands.snapshot import item_template
-    from ksminspect.commands.stable_tree import node_text
+    from ksminspect.commands.records import item_template, node_text
     from ksminspect.decode import NodeKind
     from ksminspect.stable import Sharers, StableTreeNode
 
     comm = 'a "50%s" \\ \u00e9'
     item = json.loads(item_template(7, comm) % (0xFFFF888100000040, 0xFFFF888100001000,
                                                 0x7F0000001000, "stable"))
-    assert item == {"item": "0xffff888100000040", "pid": 7, "comm": comm,
+    assert item == {"address": "0xffff888100000040", "pid": 7, "comm": comm,
                     "mm": "0xffff888100001000", "page_address": "0x7f0000001000", "state": "stable"}
     assert json.loads(item_template(None, None) % (1, 2, 3, "none"))["comm"] is None
     columns = ([0xFFFF888100000040], [0xFFFF888100001000], [7], [comm], [0x7F0000001000], ["stable"])
@@ -225,6 +224,6 @@ def test_json_texts_keep_what_json_dumps_keeps() -> None:
     text = node_text(node)
     data = json.loads(text)
     assert json.dumps(data) == text
-    assert data["sharers"] == [{"item": "0xffff888100000040", "mm": "0xffff888100001000", "pid": 7,
+    assert data["sharers"] == [{"address": "0xffff888100000040", "mm": "0xffff888100001000", "pid": 7,
                                 "comm": comm, "page_address": "0x7f0000001000", "state": "stable"}]
     assert list(node.sharers)[0].comm == comm and node.sharers[-1].pid == 7

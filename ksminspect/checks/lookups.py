@@ -122,13 +122,10 @@ class Lookups:
             return "points into the middle of a slab object"
         name = info.slab_cache.name.string_().decode(errors="replace")
         if info.allocated is None:  # a freelist drgn needed could not be read
-            level = (dump_description(self.prog) or {}).get("dump_level")
+            why = (lacks_memory(self.prog, of=f"the freelists of slab cache {name}")
+                   if dump_description(self.prog) else "a freelist of the cache cannot be read")
             self.why.setdefault("slab", f"drgn's slab_object_info() cannot tell whether objects of "
-                                        f"slab cache {name} are allocated: a freelist of the cache "
-                                        f"cannot be read" + (
-                                            f" (the dump was filtered at dump level {level}, which "
-                                            f"keeps kernel objects: a makedumpfile older than the "
-                                            f"kernel may have left it out)" if level is not None else ""))
+                                        f"slab cache {name} are allocated: {why}")
             return NO_ANSWER
         if not info.allocated:
             return f"is a free object of slab cache {name}"

@@ -14,7 +14,8 @@ from ksminspect.collect import NONE, STABLE, UNSTABLE
 from ksminspect.layout import MAX_REMAINING_SKIPS
 from ksminspect.mm import mm_owner
 
-_STATE_WORDS = {NONE: "none", UNSTABLE: "unstable", STABLE: "stable"}
+# an item's state in prose ("none" is a word for tables and JSON)
+_STATE_WORDS = {NONE: "in no tree", UNSTABLE: "unstable", STABLE: "stable"}
 
 
 def _by_mm(ctx: Context, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -111,7 +112,7 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
             if by_pgoff[k]:
                 matches.append(f"its VMA's vm_pgoff {int(pgoff[k]):#x}")
             out.add(Severity.ERROR, address,
-                    f"{_STATE_WORDS[state[row]]} rmap_item {address:#x} at {int(c.page_address(row)):#x} "
+                    f"rmap_item {address:#x} ({_STATE_WORDS[state[row]]}) at {int(c.page_address(row)):#x} "
                     f"still holds {lay.offset_member} {int(offset[k]):#x}, exactly "
                     f"{' and '.join(matches)}: the offset was not reset when it left the stable tree",
                     row, rule="exact overlay match")
@@ -186,10 +187,10 @@ def stale_anon_vma(ctx: Context, out: RuleOut) -> None:
             out.cannot_tell(look.why["slab"])
         elif why is None:
             out.add(Severity.INFO, address,
-                    f"{state} rmap_item {address:#x} keeps the anon_vma {slot:#x} "
+                    f"rmap_item {address:#x} ({state}) keeps the anon_vma {slot:#x} "
                     f"from when it was stable; it is still a live anon_vma (put_anon_vma() "
                     f"leaves the pointer)", int(row))
         else:
             out.add(Severity.WARNING, address,
-                    f"{state} rmap_item {address:#x} keeps {slot:#x} in its anon_vma "
+                    f"rmap_item {address:#x} ({state}) keeps {slot:#x} in its anon_vma "
                     f"slot, which {why}: a dangling pointer", int(row))

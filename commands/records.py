@@ -1,0 +1,127 @@
+"""The JSON records of every command, in one place: an rmap_item, a stable
+node, an mm slot, the scan cursor and a finding have one shape wherever they
+appear. ksminspect/schema.json describes them; a change here changes
+SCHEMA_VERSION there too (tests/test_schema.py holds the two together).
+
+Kernel addresses, page frame numbers, page offsets and checksums are hex
+strings ("0x..."): addresses exceed 2**53, and crash and drgn print them in
+hex. Counts, pids, nids and sequence numbers are integers."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any, Optional
+
+from ksminspect.decode import POINTER_FIELDS, NodeKind
+
+SCHEMA_VERSION = 1  # schema.json's; bumped when a key is removed or changes meaning
+
+
+def schema() -> dict[str, Any]:
+    """ksminspect/schema.json: the JSON Schema (2020-12) of every document."""
+    from importlib.resources import files
+
+    return json.loads(files("ksminspect").joinpath("schema.json").read_text())
+
+# rmap_item fields shown in hex: pointers, the page offset, the checksum
+HEX_FIELDS = POINTER_FIELDS | {"offset", "oldchecksum"}
+
+
+def hexaddr(value: int | None) -> str | None:
+    """Kernel addresses as hex strings in JSON: they exceed 2**53."""
+    return None if value is None else f"{value:#x}"
+
+
+def json_int(value: int | None) -> str:
+    """``json.dumps(value)`` of an int or None, without its cost per call."""
+    return "null" if value is None else "%d" % value
+
+
+def document(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A command's JSON document: *data* under the schema version and the
+    document's name (its $defs entry in schema.json)."""
+    return {"schema_version": SCHEMA_VERSION, "document": name, **data}
+
+
+def fields_json(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: hexaddr(v) if k in HEX_FIELDS else v for k, v in fields.items()}
+
+
+def fields_text(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:#x}" if k in HEX_FIELDS else f"{k}={v}" for k, v in fields.items())
+
+
+@lru_cache(maxsize=None)
+def item_template(pid: Optional[int], comm: Optional[str]) -> str:
+    """An rmap_item's short record of one process, as json.dumps() writes
+    it, to be filled with ``% (address, mm, page_address, state)``: a host's
+    million sharers are no million dicts."""
+    who = f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'.replace("%", "%%")
+    return f'{{"address": "%#x", "mm": "%#x", {who}, "page_address": "%#x", "state": "%s"}}'
+
+
+def item_json(item, owner, has_offset: bool, all_fields: bool = False) -> dict[str, Any]:
+    """An rmap_item's record with the union members its state means (and,
+    with *all_fields*, the others)."""
+    out = json.loads(item_template(owner.pid, owner.comm)
+                     % (item.address, item.mm, item.page_address, item.state.value))
+    out["fields"] = fields_json(item.meaningful(has_offset))
+    if all_fields:
+        out["other"] = fields_json(item.other(has_offset))
+    return out
+
+
+def sharers_text(sharers) -> str:
+    """The JSON texts of a node's :class:`~ksminspect.stable.Sharers`, comma-separated."""
+    items, mms, pids, comms, pages, states = sharers.columns()
+    return ", ".join(item_template(p, c) % (i, m, a, s)
+                     for i, m, p, c, a, s in zip(items, mms, pids, comms, pages, states))
+
+
+def node_text(e) -> str:
+    """A stable tree entry as JSON text: the one definition of its keys."""
+    chain = e.kind is NodeKind.CHAIN
+    kpfn = "null" if e.kpfn is None else f'"{e.kpfn:#x}"'
+    return (f'{{"address": "{e.node:#x}", "kind": "{e.kind.value}", "tree_nid": {json_int(e.tree_nid)}, '
+            f'"nid": {"null" if chain else json_int(e.nid)}, '
+            f'"kpfn": {kpfn}, "rmap_hlist_len": {json_int(e.rmap_hlist_len)}, '
+            f'"sharers": [{sharers_text(e.sharers) if e.sharers else ""}], '
+            f'"dups": [{", ".join(map(node_text, e.dups))}], '
+            f'"damage": {json.dumps([d.sentence() for d in e.damage]) if e.damage else "[]"}'
+            + (f', "chain_prune_time": {e.chain_prune_time}}}' if e.chain_prune_time is not None else "}"))
+
+
+def node_json(e) -> dict[str, Any]:
+    return json.loads(node_text(e))
+
+
+def cursor_json(prog, cursor) -> dict[str, Any]:
+    return {"mm_slot": hexaddr(cursor.mm_slot), "page_address": hexaddr(cursor.address),
+            "seqnr": cursor.seqnr, "at_head": cursor.at_head(prog)}
+
+
+def mm_slot_json(s, cursor) -> dict[str, Any]:
+    return {
+        "address": hexaddr(s.slot),
+        "mm": hexaddr(s.mm),
+        "pid": s.owner.pid,
+        "comm": s.owner.comm,
+        "exited": s.owner.exited,
+        "items": s.items,
+        "ksm_stat": s.counters,
+        "cursor": {"page_address": hexaddr(cursor.address), "next_item": hexaddr(cursor.next_item)}
+        if cursor.mm_slot == s.slot else None,
+        "damage": [s.damage.sentence()] if s.damage else [],
+    }
+
+
+def finding_json(f) -> dict[str, Any]:
+    return {"check": f.check, "severity": f.severity.value, "rule": f.rule,
+            "address": hexaddr(f.address), "mm": hexaddr(f.mm), "pid": f.pid,
+            "page_address": hexaddr(f.page_address), "transient": f.transient,
+            "message": f.message}
+
+
+def damage_json(damage) -> list[str]:
+    return [d.sentence() for d in damage]
