@@ -11,6 +11,8 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
 # /tmp stays the host's (read-only): the paths below may live there.
 export HOME=/run KSMINSPECT_CACHE=/run/cache
+# the console is a terminal, but nobody pages through it
+export KSMINSPECT_PAGER=cat
 cd /run
 echo "KSMI-BOOTED $(uname -r)"
 ksm=/sys/kernel/mm/ksm
