@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 KSMINSPECT = Path(sys.executable).parent / "ksminspect"
 COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["snapshot", "-"],
-            ["check", "--format", "json"]]
+            ["check", "--format", "json"], ["explain", "--format", "json"]]
 
 
 def measure(argv: list[str], repeat: int = 1) -> tuple[float, float]:

@@ -124,6 +124,7 @@ def cli(ctx: click.Context, core: Optional[str], symbols: tuple[str, ...]) -> No
 def _register() -> None:
     from .cache import cache_command
     from .check import check
+    from .explain import explain_command
     from .mm import mm_command
     from .page import page
     from .rmap import rmap, unstable_tree
@@ -131,8 +132,8 @@ def _register() -> None:
     from .stable_tree import stable_tree
     from .summary import summary
 
-    for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, snapshot, diff,
-                    cache_command):
+    for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, explain_command,
+                    snapshot, diff, cache_command):
         cli.add_command(command)
 
 

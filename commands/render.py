@@ -213,20 +213,24 @@ def _table(rows: list[list[str]], headers: Sequence[str], width: Optional[int],
     room = width - 2 * (len(headers) - 1) - sum(w for i, w in enumerate(natural) if i not in flexible)
     if not flexible or room <= 0:
         return None
-    share = room // len(flexible)
+    # a column cut short takes no more than it needs; the wrapped ones share the rest
+    cut = [i for i in flexible if headers[i] not in wrap]
+    wrapped = [i for i in flexible if headers[i] in wrap]
+    width_of = {i: min(natural[i], room // len(flexible)) for i in cut}
+    rest = room - sum(width_of.values())
+    width_of.update({i: rest // len(wrapped) for i in wrapped})
     rows = [list(r) for r in rows]
-    for i in flexible:
-        if headers[i] in wrap:
-            longest = max((len(word) for r in rows for word in r[i].split()), default=0)
-            if share < max(longest, len(headers[i]) + 2):
-                return None
-            for r in rows:
-                r[i] = "\n".join(_wrap(r[i], share))
-        else:
-            if share < max(6, len(headers[i]) + 2):
-                return None
-            for r in rows:
-                r[i] = r[i] if len(r[i]) <= share else r[i][:share - 1] + "~"
+    for i in wrapped:
+        longest = max((len(word) for r in rows for word in r[i].split()), default=0)
+        if width_of[i] < max(longest, len(headers[i]) + 2):
+            return None
+        for r in rows:
+            r[i] = "\n".join(_wrap(r[i], width_of[i]))
+    for i in cut:
+        if width_of[i] < max(6, len(headers[i]) + 2):
+            return None
+        for r in rows:
+            r[i] = r[i] if len(r[i]) <= width_of[i] else r[i][:width_of[i] - 1] + "~"
     text = render(rows)
     return text if max(map(visible_len, text.splitlines())) <= width else None
 

@@ -209,6 +209,8 @@ class KsmLayout:
     root_stable_tree: TreeRootsLayout
     root_unstable_tree: TreeRootsLayout
     vm_mergeable: int  # VM_MERGEABLE mask of vma->vm_flags
+    # flags of VMAs KSM never touches, with their names: vma_ksm_compatible()
+    vm_untouchable: tuple[tuple[str, int], ...]
     mmf_vm_merge_any: Optional[int]  # bit of mm->flags: the mm merges every VMA (v6.4)
 
     @property
@@ -361,6 +363,7 @@ def detect_layout(prog: drgn.Program) -> KsmLayout:
         root_stable_tree=_tree_roots_layout(prog, "root_stable_tree", "one_stable_tree"),
         root_unstable_tree=_tree_roots_layout(prog, "root_unstable_tree", "one_unstable_tree"),
         vm_mergeable=_vm_mergeable(prog),
+        vm_untouchable=_vm_untouchable(prog),
         mmf_vm_merge_any=30 if _address_of(prog, "ksm_enable_merge_any") is not None else None,
     )
 
@@ -379,6 +382,52 @@ def _vm_mergeable(prog: drgn.Program) -> int:
         return 1 << prog.constant("VMA_MERGEABLE_BIT").value_()
     except LookupError:
         return 1 << 31
+
+
+# vma_ksm_compatible() (v6.4, "mm: add new api to enable ksm per process";
+# before it the same test was inline in ksm_madvise()): KSM ignores VMAs with
+# any of these. VM_DROPPABLE came in v6.11 ("mm: add MAP_DROPPABLE"), a high
+# bit of 64-bit kernels only. The #defines of include/linux/mm.h, unchanged
+# since each was introduced, except where vm_flags became a bitmap of named
+# bits (VMA_*_BIT, the kernel of vma_flags_t): then the enum says.
+_VM_UNTOUCHABLE = (("shared", "SHARED", 0x8), ("may share", "MAYSHARE", 0x80),
+                   ("pfn map", "PFNMAP", 0x400), ("I/O", "IO", 0x4000),
+                   ("do not expand", "DONTEXPAND", 0x40000), ("hugetlb", "HUGETLB", 0x400000),
+                   ("mixed map", "MIXEDMAP", 0x10000000), ("droppable", "DROPPABLE", 1 << 40))
+
+
+def _vm_untouchable(prog: drgn.Program) -> tuple[tuple[str, int], ...]:
+    out = []
+    for words, name, value in _VM_UNTOUCHABLE:
+        try:
+            value = 1 << prog.constant(f"VMA_{name}_BIT").value_()
+        except LookupError:
+            if value >= 1 << 32 and _kernel_word(prog) == 4:
+                continue
+        out.append((words, value))
+    return tuple(out)
+
+
+def zero_pfn(prog: drgn.Program) -> Optional[int]:
+    """The zero page's pfn: the variable zero_pfn (v2.6.32), zero_page_pfn
+    where zero_pfn became a function (the 7.2 kernel here); else the pfn of
+    empty_zero_page. None where none can be read."""
+    for name in ("zero_page_pfn", "zero_pfn"):
+        obj = read_variable(prog, name)
+        if obj is not None and obj.type_.unaliased().kind == drgn.TypeKind.INT:
+            try:
+                return obj.value_()
+            except drgn.FaultError:
+                return None
+    obj = read_variable(prog, "empty_zero_page")
+    if obj is None:
+        return None
+    from drgn.helpers.linux.mm import virt_to_pfn
+
+    try:
+        return virt_to_pfn(prog, obj.address_).value_()
+    except (drgn.FaultError, ValueError, NotImplementedError):
+        return None
 
 
 def get_layout(prog: drgn.Program) -> KsmLayout:

@@ -140,7 +140,8 @@ def command_lines(dump: Dump) -> list[list[str]]:
     output's shape, on what *dump* holds (page: a KSM page, a page that is
     not, a process address)."""
     lines = [["summary"], ["mm"], ["rmap"], ["rmap", "--all-fields"], ["stable-tree"],
-             ["unstable-tree"], ["check"]]
+             ["unstable-tree"], ["check"], ["explain"], ["explain", "--by", "vma"],
+             ["explain", "--by", "cgroup"]]
     tree = json.loads(run_on(dump, "stable-tree", "-f", "json").stdout)
     nodes = [n for t in tree["trees"] for n in t["nodes"]] + tree["migrate_nodes"]
     pages = [d for n in nodes for d in (n["dups"] or [n]) if d["sharers"]]

@@ -47,7 +47,8 @@ def make_layout(pointer_size: int, rmap: dict, node: dict, seed: str | None) -> 
         pointer_size=pointer_size, little_endian=True, page_shift=12,
         numa=rmap.get("nid") is not None, ksm_mm_head=0, migrate_nodes=0x1000,
         root_stable_tree=TreeRootsLayout(None, 0x2000, None),
-        root_unstable_tree=TreeRootsLayout(None, 0x3000, None), vm_mergeable=1 << 31, mmf_vm_merge_any=None)
+        root_unstable_tree=TreeRootsLayout(None, 0x3000, None), vm_mergeable=1 << 31,
+        vm_untouchable=(), mmf_vm_merge_any=None)
 
 
 def pack(size: int, fields: dict[int, tuple[str, int]]) -> bytes:

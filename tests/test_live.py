@@ -89,6 +89,21 @@ def test_check_ktap_after_selftests(live_run) -> None:
     assert rc == 0
 
 
+def test_explain_live(live_run) -> None:
+    """explain on the running kernel: each sharer's pages by state add up,
+    and its merged pages are there (ksmd runs meanwhile: the kernel's own
+    counters may move between reads, so they are not compared exactly)."""
+    rc, out = live_run.sections["explain"]
+    assert rc == 0, out
+    processes = json.loads(out)["processes"]
+    sharers = [p for p in processes if (p["comm"] or "").startswith("ksm-share")]
+    assert len(sharers) == 3
+    for p in sharers:
+        assert p["cannot_tell"] is None
+        assert sum(v["pages"] for v in p["pages"].values()) == p["total"] > 0
+        assert p["pages"]["merged"]["pages"] > 0
+
+
 def test_mm_live_shows_the_workload(live_run) -> None:
     rc, out = live_run.sections["mm"]
     assert rc == 0

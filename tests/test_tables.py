@@ -78,6 +78,6 @@ def test_on_a_terminal_colour_and_a_pager(tmp_path) -> None:
                            stdout=subprocess.PIPE, text=True, timeout=600)
         assert r.returncode == 1, r.stdout
         text = paged.read_text()
-        assert "56 errors, 0 warnings, 40 info" in text
+        assert re.search(r"^56 errors, 0 warnings, \d+ info", text, re.M)  # info: slab lookups, drgn's
         assert ("\x1b[" in text) is not no_color
         assert all(len(line) <= 90 for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines())

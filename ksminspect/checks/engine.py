@@ -2,7 +2,7 @@
 
 A rule is one function, registered with :func:`rule`: it reads the
 :class:`~ksminspect.collect.Collection` (columns of everything the walks
-reached) and the :class:`~ksminspect.checks.lookups.Lookups`, and reports
+reached) and the :class:`~ksminspect.lookups.Lookups`, and reports
 through its :class:`RuleOut`: a violation as a finding, or why it cannot
 tell. Only the walks the chosen rules need are run.
 """
@@ -16,7 +16,7 @@ from typing import Callable, Collection as Coll, Optional
 import drgn
 import numpy as np
 
-from ksminspect.checks.lookups import Lookups
+from ksminspect.lookups import Lookups
 from ksminspect.collect import STABLE, Collection, walked_counts
 from ksminspect.counters import read_counters, read_tunables
 from ksminspect.mm import mm_owner

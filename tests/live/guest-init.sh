@@ -55,6 +55,7 @@ echo "KSMI-WORKLOAD ready after ${i}s, full_scans $(cat $ksm/full_scans)"
 section check ksminspect check --format json
 section mm ksminspect mm --format json
 section summary ksminspect summary --format json
+section explain ksminspect explain --format json
 # 45 s: under TCG, starting Python with drgn and numpy from 9p takes a while
 section watch timeout --preserve-status -s INT 45 "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" summary --watch 1 --format json
 

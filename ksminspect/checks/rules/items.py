@@ -9,7 +9,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
-from ksminspect.checks.lookups import NO_ANSWER, Vmas
+from ksminspect.lookups import NO_ANSWER, Vmas
 from ksminspect.collect import NONE, STABLE, UNSTABLE
 from ksminspect.layout import MAX_REMAINING_SKIPS
 from ksminspect.mm import mm_owner

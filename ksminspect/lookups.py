@@ -1,9 +1,9 @@
-"""Kernel lookups the rules share, each made once per run: an mm's VMAs, an
-address's slab object, a page's ``mapping``, an mm's flags.
+"""Kernel lookups the checks and explain share, each made once per run: an
+mm's VMAs, an address's slab object, a page's ``mapping``, an mm's flags.
 
 A lookup that a drgn helper cannot make on this kernel answers None and
-says why in :attr:`Lookups.why`; the rule that asked reports it as "cannot
-tell", never as a finding.
+says why in :attr:`Lookups.why`; whoever asked reports it as "cannot tell",
+never as a finding.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ class Vmas:
     start: np.ndarray
     end: np.ndarray
     pgoff: np.ndarray
+    flags: np.ndarray  # vm_flags (the first word of a vma_flags_t)
+    file: np.ndarray  # struct file *vm_file, 0 for anonymous memory
+    address: np.ndarray  # the struct vm_area_struct itself
     mergeable: np.ndarray  # KSM may merge in it: VM_MERGEABLE, or the mm merges any
 
     def at(self, addresses: np.ndarray) -> np.ndarray:
@@ -67,7 +70,7 @@ class Lookups:
         try:
             for vma in for_each_vma(drgn.Object(self.prog, "struct mm_struct *", mm)):
                 rows.append((vma.vm_start.value_(), vma.vm_end.value_(), vma.vm_pgoff.value_(),
-                             _vm_flags(vma)))
+                             _vm_flags(vma), vma.vm_file.value_(), vma.value_()))
         except drgn.FaultError as e:
             self.why.setdefault("vmas", lacks_memory(self.prog, [e.address & self.layout.page_mask],
                                                      of=f"the VMAs of mm {mm:#x}")
@@ -82,8 +85,8 @@ class Lookups:
             return None
         rows.sort()
         any_ = self.merges_any(mm)
-        cols = np.array(rows, np.uint64).reshape(len(rows), 4)
-        return Vmas(cols[:, 0], cols[:, 1], cols[:, 2],
+        cols = np.array(rows, np.uint64).reshape(len(rows), 6)
+        return Vmas(cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 3], cols[:, 4], cols[:, 5],
                     ((cols[:, 3] & np.uint64(self.layout.vm_mergeable)) != 0) | any_)
 
     def merges_any(self, mm: int) -> bool:

@@ -1,0 +1,96 @@
+"""ksminspect explain on every dump: each process's pages by state add up to
+what its page tables hold, by the kernel's own counters (MM_ANONPAGES,
+ksm_merging_pages, ksm_zero_pages); cgroups sum their processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import Dump, program_of, run_on
+
+STATES = ("merged", "zero", "unstable", "volatile", "skipped", "never_scanned")
+
+
+def explain_json(dump: Dump, *args: str):
+    """explain's document, or None where it says it cannot tell (exit 2)."""
+    result = run_on(dump, "explain", *args, "-f", "json")
+    if result.exit_code == 2:
+        assert result.stderr.startswith("ksminspect: cannot tell: ") and not result.stdout
+        return None
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_pages_by_state_add_up_to_the_kernels_counters(dump: Dump) -> None:
+    from drgn.helpers.linux.pid import find_task
+
+    data = explain_json(dump)
+    if data is None:
+        pytest.skip("explain cannot tell on this dump (said in one sentence)")
+    prog = program_of(dump)
+    try:
+        from drgn.helpers.linux.mm import task_rss
+    except ImportError:
+        task_rss = None  # drgn before 0.0.26
+    told = [p for p in data["processes"] if p["cannot_tell"] is None]
+    assert told, data
+    for p in told:
+        pages = {k: v["pages"] for k, v in p["pages"].items()}
+        assert sum(pages.values()) == p["total"]
+        assert abs(sum(v["share"] for v in p["pages"].values()) - 1) < 0.01 or p["total"] == 0
+        stat = p["ksm_stat"]
+        if "ksm_merging_pages" in stat:  # the kernel counts stable rmap_items, page or not
+            assert pages["merged"] + p["rmap_items_without_page"].get("stable", 0) == \
+                stat["ksm_merging_pages"], p
+        if "ksm_zero_pages" in stat:  # the workload writes every page it maps
+            assert pages["zero"] == stat["ksm_zero_pages"], p
+        if task_rss is not None and p["pid"] is not None:
+            # counted independently: the kernel's own MM_ANONPAGES holds every
+            # resident anonymous page, KSM's and not, and never the zero page
+            rss = task_rss(find_task(prog, p["pid"]))
+            assert p["total"] - pages["zero"] == rss.anon, (p["pid"], p["pages"], rss)
+        assert p["merged_in_chain"] <= pages["merged"] and p["merged_written"] <= pages["merged"]
+
+
+def test_by_vma_adds_up_to_the_process_and_by_cgroup_to_its_processes(dump: Dump) -> None:
+    by_vma = explain_json(dump, "--by", "vma")
+    if by_vma is None:
+        pytest.skip("explain cannot tell on this dump")
+    for p in by_vma["processes"]:
+        if p["cannot_tell"]:
+            continue
+        for state in STATES:
+            assert sum(v["pages"][state] for v in p["vmas"]) == p["pages"][state]["pages"]
+        assert sum(v["resident"] for v in p["vmas"] if not v["mergeable"]) == \
+            p["pages"]["not_mergeable"]["pages"]
+        assert all(v["why_not"] for v in p["vmas"] if not v["mergeable"])
+        assert all(v["why_not"] is None for v in p["vmas"] if v["mergeable"])
+    groups = explain_json(dump, "--by", "cgroup")
+    told = [p for p in groups["processes"] if not p["cannot_tell"]]
+    for g in groups["cgroups"]:
+        mine = [p for p in told if (p["cgroup"] or "?") == g["cgroup"]]
+        assert g["processes"] == len([p for p in groups["processes"] if (p["cgroup"] or "?") == g["cgroup"]])
+        for state in STATES + ("not_mergeable",):
+            assert g["pages"].get(state, 0) == sum(p["pages"][state]["pages"] for p in mine)
+
+
+def test_advice_is_tied_to_the_numbers() -> None:
+    """Pure logic: a line per notable share, each naming its numbers."""
+    from collections import Counter
+
+    from ksminspect.explain import ProcessPages, ScanPace, VmaPages, advice
+
+    p = ProcessPages(pid=7, comm="qemu", mm=0x1000, cgroup="/vm-a")
+    p.vmas = [VmaPages(0x1000, 0x65000, 0x80100073, "", True, None, 100,
+                       Counter(merged=20, never_scanned=62, volatile=38)),
+              VmaPages(0x70000, 0x80000, 0x100073, "[heap]", False, "not MADV_MERGEABLE", 0)]
+    p.pages.update(p.vmas[0].pages)
+    pace = ScanPace(run=1, pages_to_scan=100, sleep_millisecs=20, pages=240000)
+    lines = advice(p, pace, 256)
+    assert lines[0] == ("52% of its pages were never scanned: a full scan of 240000 pages takes "
+                        "about 48 s at pages_to_scan=100, sleep_millisecs=20")
+    assert lines[1] == "32% volatile: their content changed between two scans, faster than a full " \
+                       "scan (about 48 s)"
+    assert len(lines) == 2
