@@ -27,6 +27,7 @@ def process_json(p, pace, max_page_sharing, by_vma: bool) -> dict[str, Any]:
         "pid": p.pid, "comm": p.comm, "mm": hexaddr(p.mm), "cgroup": p.cgroup,
         "pages": _shares({s: p.pages[s] for s in STATES} | {"not_mergeable": p.not_mergeable}, whole),
         "total": whole,
+        "hugetlb_pages": p.hugetlb,
         "merged_in_chain": p.in_chain, "merged_written": p.written,
         "never_scanned_ahead": p.ahead,
         "unstable_ages": {str(age): n for age, n in sorted(p.ages.items())},
@@ -41,7 +42,8 @@ def process_json(p, pace, max_page_sharing, by_vma: bool) -> dict[str, Any]:
     if by_vma:
         out["vmas"] = [{"start": hexaddr(v.start), "end": hexaddr(v.end), "name": v.name,
                         "flags": hexaddr(v.flags), "mergeable": v.mergeable, "why_not": v.why_not,
-                        "resident": v.resident, "pages": {s: v.pages[s] for s in STATES}}
+                        "resident": v.resident, "hugetlb": v.hugetlb,
+                        "pages": {s: v.pages[s] for s in STATES}}
                        for v in p.vmas]
     return out
 
@@ -58,7 +60,7 @@ def _untouchable(p) -> dict[str, tuple[int, int, int]]:
     for v in p.vmas:
         if not v.mergeable:
             n, size, pages = out.get(v.why_not, (0, 0, 0))
-            out[v.why_not] = (n + 1, size + v.end - v.start, pages + v.resident)
+            out[v.why_not] = (n + 1, size + v.end - v.start, pages + v.resident + v.hugetlb)
     return out
 
 
@@ -167,7 +169,8 @@ def _vma_pages(v) -> str:
     from ksminspect.explain import STATES
 
     if not v.mergeable:
-        return f"KSM will not touch it ({v.why_not}): {v.resident} resident"
+        held = f"{v.hugetlb} pages in huge pages" if v.hugetlb else f"{v.resident} resident"
+        return f"KSM will not touch it ({v.why_not}): {held}"
     said = ", ".join(f"{s.replace('_', ' ')} {v.pages[s]}" for s in STATES if v.pages[s])
     return said or "none resident"
 

@@ -45,6 +45,7 @@ class VmaPages:
     mergeable: bool
     why_not: Optional[str]  # why KSM will not touch it, where it will not
     resident: int = 0  # resident anonymous pages (the zero page not counted)
+    hugetlb: int = 0  # resident hugetlb memory, in base pages (not anonymous memory to the kernel)
     pages: Counter = field(default_factory=Counter)  # STATES, of a mergeable VMA
 
 
@@ -68,9 +69,14 @@ class ProcessPages:
     cannot_tell: Optional[str] = None  # why the page tables or VMAs cannot be read
 
     @property
+    def hugetlb(self) -> int:
+        """Resident hugetlb memory, in base pages."""
+        return sum(v.hugetlb for v in self.vmas)
+
+    @property
     def not_mergeable(self) -> int:
-        """Resident anonymous pages in VMAs KSM will not touch."""
-        return sum(v.resident for v in self.vmas if not v.mergeable)
+        """Resident anonymous pages and hugetlb memory in VMAs KSM will not touch."""
+        return sum(v.resident + v.hugetlb for v in self.vmas if not v.mergeable)
 
     @property
     def total(self) -> int:
@@ -116,6 +122,7 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
     look = Lookups(prog, c.w)
     dups = set(c.nodes.address[c.nodes.kind == DUP].tolist())
     zero = zero_pfn(prog)
+    hugetlb = dict(layout.vm_untouchable).get("hugetlb", 0)
     cursor = read_scan_cursor(prog)
     at = next((i for i, run in enumerate(c.runs) if run.slot == cursor.mm_slot), None)
     for order, run in enumerate(c.runs):
@@ -147,6 +154,9 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
                 p.vmas.append(v)
                 pfns, addresses = _present(mm_obj, v, layout.page_size)
                 if not len(pfns):
+                    continue
+                if v.flags & hugetlb:  # huge pages: no anonymous memory to the kernel's counters
+                    v.hugetlb = len(pfns)
                     continue
                 try:
                     mapping, readable = look.page_mappings(pfns)
@@ -324,35 +334,37 @@ NOTABLE = 0.25
 
 def advice(p: ProcessPages, pace: ScanPace, max_page_sharing: Optional[int]) -> list[str]:
     """One line per fact the numbers support, each with the numbers."""
-    out = []
-    whole = p.total
+    out: list[str] = []
+    whole, mergeable = p.total, sum(p.pages.values())
     if not whole:
         return out
-    share = {s: p.pages[s] / whole for s in STATES}
+    # the states are shares of the mergeable pages; what KSM cannot touch, of the whole
+    share = {s: p.pages[s] / mergeable if mergeable else 0.0 for s in STATES}
     scan = ""
     if pace.seconds is not None:
         scan = (f"a full scan of {pace.pages} pages takes about {duration(pace.seconds)} at "
                 f"pages_to_scan={pace.pages_to_scan}, sleep_millisecs={pace.sleep_millisecs}")
     stopped = " (ksmd is stopped: run=0)" if pace.run == 0 else ""
     if share["never_scanned"] >= NOTABLE:
-        out.append(f"{share['never_scanned']:.0%} of its pages were never scanned"
+        out.append(f"{share['never_scanned']:.0%} of its mergeable pages were never scanned"
                    + (f": {scan}" if scan else "") + stopped)
     if share["volatile"] >= NOTABLE:
-        out.append(f"{share['volatile']:.0%} volatile: their content changed between two scans"
+        out.append(f"{share['volatile']:.0%} of its mergeable pages are volatile: their content "
+                   f"changed between two scans"
                    + (f", faster than a full scan (about {duration(pace.seconds)})"
                       if pace.seconds is not None else ""))
     if share["unstable"] >= NOTABLE:
         oldest = max(p.ages) if p.ages else None
-        out.append(f"{share['unstable']:.0%} wait in the unstable tree with no partner yet: their "
-                   f"content is unique so far" + (f" (for up to {oldest} scans)" if oldest else ""))
+        out.append(f"{share['unstable']:.0%} of its mergeable pages wait in the unstable tree with "
+                   f"no partner yet: their content is unique so far" + (f" (for up to {oldest} scans)" if oldest else ""))
     if share["skipped"] >= NOTABLE:
-        out.append(f"{share['skipped']:.0%} are skipped by the smart scan: unchanged and unique "
-                   f"for several scans")
+        out.append(f"{share['skipped']:.0%} of its mergeable pages are skipped by the smart scan: "
+                   f"unchanged and unique for several scans")
     if p.not_mergeable / whole >= NOTABLE:
         reasons = Counter()
         for v in p.vmas:
-            if not v.mergeable and v.resident:
-                reasons[v.why_not] += v.resident
+            if not v.mergeable and v.resident + v.hugetlb:
+                reasons[v.why_not] += v.resident + v.hugetlb
         said = "; ".join(f"{why}: {n}" for why, n in reasons.most_common(3))
         out.append(f"{p.not_mergeable / whole:.0%} ({p.not_mergeable} pages) are in VMAs KSM will "
                    f"not touch ({said})")

@@ -390,10 +390,10 @@ def _vm_mergeable(prog: drgn.Program) -> int:
 # bit of 64-bit kernels only. The #defines of include/linux/mm.h, unchanged
 # since each was introduced, except where vm_flags became a bitmap of named
 # bits (VMA_*_BIT, the kernel of vma_flags_t): then the enum says.
-_VM_UNTOUCHABLE = (("shared", "SHARED", 0x8), ("may share", "MAYSHARE", 0x80),
-                   ("pfn map", "PFNMAP", 0x400), ("I/O", "IO", 0x4000),
-                   ("do not expand", "DONTEXPAND", 0x40000), ("hugetlb", "HUGETLB", 0x400000),
-                   ("mixed map", "MIXEDMAP", 0x10000000), ("droppable", "DROPPABLE", 1 << 40))
+_VM_UNTOUCHABLE = (("hugetlb", "HUGETLB", 0x400000), ("shared", "SHARED", 0x8),
+                   ("may share", "MAYSHARE", 0x80), ("pfn map", "PFNMAP", 0x400), ("I/O", "IO", 0x4000),
+                   ("mixed map", "MIXEDMAP", 0x10000000), ("droppable", "DROPPABLE", 1 << 40),
+                   ("do not expand", "DONTEXPAND", 0x40000))
 
 
 def _vm_untouchable(prog: drgn.Program) -> tuple[tuple[str, int], ...]:

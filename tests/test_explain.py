@@ -50,7 +50,7 @@ def test_pages_by_state_add_up_to_the_kernels_counters(dump: Dump) -> None:
             # counted independently: the kernel's own MM_ANONPAGES holds every
             # resident anonymous page, KSM's and not, and never the zero page
             rss = task_rss(find_task(prog, p["pid"]))
-            assert p["total"] - pages["zero"] == rss.anon, (p["pid"], p["pages"], rss)
+            assert p["total"] - pages["zero"] - p["hugetlb_pages"] == rss.anon, (p["pid"], p["pages"], rss)
         assert p["merged_in_chain"] <= pages["merged"] and p["merged_written"] <= pages["merged"]
 
 
@@ -63,7 +63,7 @@ def test_by_vma_adds_up_to_the_process_and_by_cgroup_to_its_processes(dump: Dump
             continue
         for state in STATES:
             assert sum(v["pages"][state] for v in p["vmas"]) == p["pages"][state]["pages"]
-        assert sum(v["resident"] for v in p["vmas"] if not v["mergeable"]) == \
+        assert sum(v["resident"] + v["hugetlb"] for v in p["vmas"] if not v["mergeable"]) == \
             p["pages"]["not_mergeable"]["pages"]
         assert all(v["why_not"] for v in p["vmas"] if not v["mergeable"])
         assert all(v["why_not"] is None for v in p["vmas"] if v["mergeable"])
@@ -83,14 +83,61 @@ def test_advice_is_tied_to_the_numbers() -> None:
     from ksminspect.explain import ProcessPages, ScanPace, VmaPages, advice
 
     p = ProcessPages(pid=7, comm="qemu", mm=0x1000, cgroup="/vm-a")
-    p.vmas = [VmaPages(0x1000, 0x65000, 0x80100073, "", True, None, 100,
-                       Counter(merged=20, never_scanned=62, volatile=38)),
-              VmaPages(0x70000, 0x80000, 0x100073, "[heap]", False, "not MADV_MERGEABLE", 0)]
+    p.vmas = [VmaPages(0x1000, 0x7d000, 0x80100073, "", True, None, resident=120,
+                       pages=Counter(merged=20, never_scanned=62, volatile=38)),
+              VmaPages(0x80000, 0x90000, 0x100073, "[heap]", False, "not MADV_MERGEABLE", resident=10)]
     p.pages.update(p.vmas[0].pages)
     pace = ScanPace(run=1, pages_to_scan=100, sleep_millisecs=20, pages=240000)
     lines = advice(p, pace, 256)
-    assert lines[0] == ("52% of its pages were never scanned: a full scan of 240000 pages takes "
-                        "about 48 s at pages_to_scan=100, sleep_millisecs=20")
-    assert lines[1] == "32% volatile: their content changed between two scans, faster than a full " \
-                       "scan (about 48 s)"
+    assert lines[0] == ("52% of its mergeable pages were never scanned: a full scan of 240000 "
+                        "pages takes about 48 s at pages_to_scan=100, sleep_millisecs=20")
+    assert lines[1] == "32% of its mergeable pages are volatile: their content changed between " \
+                       "two scans, faster than a full scan (about 48 s)"
     assert len(lines) == 2
+
+
+def test_explain_shows_each_share_as_the_workload_made_it() -> None:
+    """vmcores/6.12-explain: ksm-explain0 has one mergeable VMA of four
+    regions (merged, unique, volatile, and one ksmd stopped in the middle
+    of), an anonymous VMA never madvised, and a hugetlb VMA; sharers in two
+    memory cgroups. explain shows each as the workload recorded it."""
+    from conftest import DUMPS
+
+    dump = next((d for d in DUMPS if d.name == "6.12-explain"), None)
+    if dump is None:
+        pytest.skip("vmcores/6.12-explain is not here")
+    made = next(p for p in dump.processes if p["role"] == "explain")
+    regions = made["explain"]["regions"]
+    n = {name: r["pages"] for name, r in regions.items()}
+    reached = made["explain"]["unscanned_pages_with_rmap_items"]
+    data = explain_json(dump, "--by", "vma", "--pid", str(made["pid"]))
+    p = data["processes"][0]
+    vma = {v["start"]: v for v in p["vmas"]}
+    mergeable = vma[regions["merged"]["start"]]
+    assert mergeable["end"] == regions["unscanned"]["end"] and mergeable["mergeable"]
+    # the pages ksmd reached before it stopped were seen once: in no tree (volatile)
+    assert mergeable["pages"] == {"merged": n["merged"], "zero": 0, "unstable": n["unique"],
+                                  "volatile": n["volatile"] + reached, "skipped": 0,
+                                  "never_scanned": n["unscanned"] - reached}
+    assert p["never_scanned_ahead"] == n["unscanned"] - reached  # the cursor stopped before them
+    plain = vma[regions["unmergeable"]["start"]]
+    assert not plain["mergeable"] and plain["why_not"] == "not MADV_MERGEABLE"
+    assert plain["resident"] == n["unmergeable"]
+    huge = vma[regions["hugetlb"]["start"]]
+    assert not huge["mergeable"] and "hugetlb" in huge["why_not"]
+    assert huge["hugetlb"] == n["hugetlb"] * regions["hugetlb"]["page_size"] // dump.truth["page_size"]
+    assert p["hugetlb_pages"] == huge["hugetlb"]
+    assert p["cgroup"] == made["cgroup"]
+    shares = {k: v["pages"] for k, v in p["pages"].items()}
+    assert shares["never_scanned"] == n["unscanned"] - reached and shares["merged"] == n["merged"]
+    # 24 of 64 mergeable pages volatile; the huge pages dominate the whole
+    assert "38% of its mergeable pages are volatile: their content changed between two scans, " \
+        "faster than a full scan (about 7.4 h)" in p["advice"]
+    assert any(line.startswith("94% (1059 pages) are in VMAs KSM will not touch (hugetlb, do not "
+                               "expand: 1024") for line in p["advice"]), p["advice"]
+    groups = explain_json(dump, "--by", "cgroup")
+    by_name = {g["cgroup"]: g for g in groups["cgroups"]}
+    for cgroup in {pr["cgroup"] for pr in dump.processes if pr.get("cgroup")}:
+        pids = {pr["pid"] for pr in dump.processes if pr.get("cgroup") == cgroup}
+        shown = [q for q in groups["processes"] if q["pid"] in pids]
+        assert by_name[cgroup]["processes"] == len(shown) > 0

@@ -30,6 +30,35 @@
  *   live           1: a background workload on a running system (the live
  *                  test): ksmd keeps running, nothing is single-stepped, the
  *                  truth is printed once merging has settled
+ *   explain        1: one more process, ksm-explain0, whose memory is merged
+ *                  for some reasons and not merged for others (the fixture of
+ *                  `ksminspect explain`). One mergeable VMA holds, in
+ *                  ascending addresses, explain_pages pages each of: content
+ *                  equal to the sharers' first shared pages (merged), unique
+ *                  content (unstable: where smart_scan skips a page, it leaves
+ *                  the tree), content rewritten continuously until
+ *                  the truth is recorded (volatile), then unique content
+ *                  touched only after merging settled, ksmd stopped (run=0)
+ *                  part way through it by single-stepping, so that its first
+ *                  half has rmap_items (seen once: a checksum, no tree) and
+ *                  the rest none (never scanned). Beside it:
+ *                  an anonymous VMA of the same shared content, touched but
+ *                  never madvised MERGEABLE, and a MAP_HUGETLB VMA of hugetlb
+ *                  huge pages (reserved through /proc/sys/vm/nr_hugepages;
+ *                  madvise(MADV_MERGEABLE) is called on it and ignored by the
+ *                  kernel). Needs HUGETLBFS and sharers, shared >= explain_pages.
+ *                  The truth gets the regions, the VMAs (from smaps) and the
+ *                  scan counters before and after the single-stepping (0)
+ *   explain_pages  pages in each 4K region of the explain process (16)
+ *   hugetlb        huge pages in the explain process's MAP_HUGETLB VMA (2)
+ *   cgroups        1: cgroup2 mounted on /sys/fs/cgroup with +memory in its
+ *                  subtree_control, two memory cgroups vm-a and vm-b; sharer i
+ *                  joins vm-a (even i) or vm-b (odd i), the explain process
+ *                  vm-b, each before it faults any memory; other processes stay
+ *                  in the root. The truth gets each process's cgroup and each
+ *                  cgroup's memory.current, memory.stat and pids (0)
+ *   With explain or cgroups, each process's truth also gets its cgroup
+ *   (/proc/PID/cgroup) and its RSS lines of /proc/PID/status.
  *   capture        makedumpfile's options, commas for spaces ("-c,-d,31"): a
  *                  crash-kernel capture, as a distribution takes one. At start
  *                  /capture/kexec -p loads /capture/vmlinuz with
@@ -196,6 +225,7 @@ static void mergeable(void *p, long n)
 #define ID_PAIRS (4ULL << 24)
 #define ID_VOLATILE (5ULL << 24)
 #define ID_WRITTEN (6ULL << 24)
+#define ID_EXPLAIN (7ULL << 24)	/* + page: the explain process's unique pages */
 #define ID_UNIQUE (1ULL << 32)	/* + (sharer << 24) + page */
 
 struct child {
@@ -204,6 +234,7 @@ struct child {
 	int ack;		/* read end: the child's answers */
 	char role[16];
 	long index;
+	char cgroup[32];	/* "": stays in the parent's cgroup */
 };
 
 static struct child children[64];
@@ -280,13 +311,35 @@ static void bind_node(long node)
 		say("set_mempolicy(node %ld): %s", node, strerror(errno));
 }
 
-static void spawn(const char *role, long index, void (*body)(int, int))
+#define CGROUP_ROOT "/sys/fs/cgroup"
+
+static int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+	int n = strlen(text), ret = 0;
+
+	if (fd < 0) {
+		say("open %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (write(fd, text, n) != n) {
+		say("write %s to %s: %s", text, path, strerror(errno));
+		ret = -1;
+	}
+	close(fd);
+	return ret;
+}
+
+/* cgroup: a path under CGROUP_ROOT ("/vm-a"), or NULL: the parent's cgroup. */
+static void spawn_in(const char *role, long index, void (*body)(int, int),
+		     const char *cgroup)
 {
 	int cmd[2], ack[2];
 	struct child *ch = &children[nchildren++];
 
 	if (pipe(cmd) || pipe(ack))
 		exit(1);
+	snprintf(ch->cgroup, sizeof(ch->cgroup), "%s", cgroup ? cgroup : "");
 	ch->pid = fork();
 	if (ch->pid == 0) {
 		char comm[16];
@@ -295,6 +348,14 @@ static void spawn(const char *role, long index, void (*body)(int, int))
 		close(ack[0]);
 		snprintf(comm, sizeof(comm), "ksm-%s%ld", role, index);
 		prctl(PR_SET_NAME, comm);
+		if (ch->cgroup[0]) {
+			/* join before any memory of the body is faulted in */
+			char path[96], pid[16];
+
+			snprintf(path, sizeof(path), CGROUP_ROOT "%s/cgroup.procs", ch->cgroup);
+			snprintf(pid, sizeof(pid), "%d", getpid());
+			write_text(path, pid);
+		}
 		body(cmd[0], ack[1]);
 		exit(0);
 	}
@@ -306,6 +367,11 @@ static void spawn(const char *role, long index, void (*body)(int, int))
 	snprintf(ch->role, sizeof(ch->role), "%s", role);
 	if (read(ch->ack, &(char){0}, 1) != 1)
 		say("%s%ld did not start", role, index);
+}
+
+static void spawn(const char *role, long index, void (*body)(int, int))
+{
+	spawn_in(role, index, body, NULL);
 }
 
 static void command(struct child *ch, char c)
@@ -408,6 +474,109 @@ static void pairs_body(int cmd, int ack)
 	child_wait(cmd, ack, pairs_command, 0);
 }
 
+/*
+ * The explain process. Its regions: four in one mergeable VMA, in ascending
+ * addresses (the order ksmd scans them in); beside it an anonymous VMA never
+ * madvised, and a MAP_HUGETLB VMA.
+ */
+enum { R_MERGED, R_UNIQUE, R_VOLATILE, R_UNSCANNED, R_UNMERGEABLE, R_HUGETLB, R_COUNT };
+static const char *const region_names[R_COUNT] = {
+	"merged", "unique", "volatile", "unscanned", "unmergeable", "hugetlb",
+};
+
+struct explain_info {
+	unsigned long start[R_COUNT];
+	long pages[R_COUNT];		/* hugetlb: huge pages */
+	long huge_page_size;		/* bytes; set by the parent before the fork */
+	int hugetlb_mmap_errno;		/* 0: mapped */
+	int hugetlb_madvise_errno;	/* madvise(MADV_MERGEABLE) on it: 0 or errno */
+};
+
+static struct explain_info g_explain;
+static long g_explain_pages, g_nhugetlb;
+static int g_explain_ack;
+
+static void explain_command(char c)
+{
+	long j;
+
+	if (c == 0) {		/* busy: rewrite the volatile region */
+		volatile_command(0);
+	} else if (c == 'f') {	/* fault in the region ksmd has not seen yet */
+		for (j = 0; j < g_explain.pages[R_UNSCANNED]; j++)
+			fill((unsigned char *)g_explain.start[R_UNSCANNED] + j * PAGE,
+			     ID_EXPLAIN + 2 * g_explain.pages[R_UNSCANNED] + j);
+	} else if (c == 'i') {	/* the regions, to the parent */
+		if (write(g_explain_ack, &g_explain, sizeof(g_explain)) != sizeof(g_explain))
+			exit(1);
+	}
+}
+
+static void explain_body(int cmd, int ack)
+{
+	struct explain_info *e = &g_explain;
+	long n = g_explain_pages, j;
+	unsigned char *p, *q;
+
+	if (g_nhugetlb > 0 && e->huge_page_size > 0) {
+		size_t len = g_nhugetlb * e->huge_page_size;
+
+		q = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+		if (q == MAP_FAILED) {
+			e->hugetlb_mmap_errno = errno;
+			say("mmap(MAP_HUGETLB): %s", strerror(errno));
+		} else {
+			for (j = 0; j < (long)(len / PAGE); j++) {
+				uint64_t id = ID_EXPLAIN + (1 << 20) + j;
+
+				memcpy(q + j * PAGE, &id, sizeof(id));
+			}
+			/* KSM does not take hugetlb VMAs: the kernel ignores this */
+			e->hugetlb_madvise_errno = madvise(q, len, MADV_MERGEABLE) ? errno : 0;
+			e->start[R_HUGETLB] = (unsigned long)q;
+			e->pages[R_HUGETLB] = g_nhugetlb;
+		}
+	}
+	p = map_pages(4 * n);
+	for (j = R_MERGED; j <= R_UNSCANNED; j++) {
+		e->start[j] = (unsigned long)(p + j * n * PAGE);
+		e->pages[j] = n;
+	}
+	for (j = 0; j < n; j++) {
+		fill((unsigned char *)e->start[R_MERGED] + j * PAGE, ID_SHARED + j);
+		fill((unsigned char *)e->start[R_UNIQUE] + j * PAGE, ID_EXPLAIN + j);
+		fill((unsigned char *)e->start[R_VOLATILE] + j * PAGE, ID_EXPLAIN + n + j);
+	}
+	/* R_UNSCANNED: not touched until ksmd is stopped ('f') */
+	mergeable(p, 4 * n);
+	q = map_pages(n);	/* never madvised: the sharers' content, unmerged */
+	for (j = 0; j < n; j++)
+		fill(q + j * PAGE, ID_SHARED + j);
+	e->start[R_UNMERGEABLE] = (unsigned long)q;
+	e->pages[R_UNMERGEABLE] = n;
+	g_volatile = (unsigned char *)e->start[R_VOLATILE];
+	g_nvolatile = n;
+	g_explain_ack = ack;
+	fcntl(cmd, F_SETFL, O_NONBLOCK);
+	child_wait(cmd, ack, explain_command, 1);
+}
+
+/* The explain process's regions, as it mapped them. */
+static void explain_info(struct child *ch, struct explain_info *e)
+{
+	char c = 'i';
+	size_t got = 0;
+	ssize_t n;
+
+	if (write(ch->cmd, &c, 1) != 1)
+		exit(1);
+	while (got < sizeof(*e) && (n = read(ch->ack, (char *)e + got, sizeof(*e) - got)) > 0)
+		got += n;
+	if (got != sizeof(*e) || read(ch->ack, &c, 1) != 1)
+		say("explain0 did not answer");
+}
+
 /* Wait for `scans` more full scans; -1 on timeout. */
 static int wait_full_scans(long scans, long timeout_s)
 {
@@ -456,6 +625,102 @@ static long step_until_pairs_unmerged(struct child *pairs)
 	return steps;
 }
 
+/* A whole procfs or cgroupfs file (several reads); -1 if unreadable. */
+static int read_all(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	size_t got = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	while (got < len - 1 && (n = read(fd, buf + got, len - 1 - got)) > 0)
+		got += n;
+	close(fd);
+	buf[got] = 0;
+	return 0;
+}
+
+/* The number after "KEY" (then ':' or ' ') on a line of a text; -1 if none. */
+static long field_long(const char *text, const char *key)
+{
+	size_t k = strlen(key);
+	const char *p;
+
+	for (p = text; p && *p; ) {
+		if (!strncmp(p, key, k) && (p[k] == ':' || p[k] == ' '))
+			return strtol(p + k + 1, NULL, 10);
+		p = strchr(p, '\n');
+		if (p)
+			p++;
+	}
+	return -1;
+}
+
+static long ksm_stat_long(pid_t pid, const char *key)
+{
+	char path[64], buf[512];
+
+	snprintf(path, sizeof(path), "/proc/%d/ksm_stat", pid);
+	return read_all(path, buf, sizeof(buf)) ? -1 : field_long(buf, key);
+}
+
+/* How ksmd was stopped part way through the explain process's last region. */
+struct explain_scan {
+	long rmap_items_before, rmap_items_target, rmap_items_after;
+	long full_scans_before, full_scans_after;
+	long pages_scanned_before, pages_scanned_after;
+	long steps;
+};
+
+/*
+ * Fault in the explain process's unscanned region while ksmd is stopped,
+ * then single-step ksmd (one page per wake) until half of that region has
+ * rmap_items, and stop it there (run=0): a full scan left unfinished.
+ */
+static void step_into_unscanned(struct child *ch, struct explain_scan *sc)
+{
+	long sleep_ms = 60000, scanned, scans;
+
+	write_ksm("run", 0);
+	sc->rmap_items_before = ksm_stat_long(ch->pid, "ksm_rmap_items");
+	sc->full_scans_before = ksm_counter("full_scans");
+	sc->pages_scanned_before = ksm_counter("pages_scanned");
+	command(ch, 'f');
+	sc->rmap_items_target = sc->rmap_items_before + g_explain.pages[R_UNSCANNED] / 2;
+	write_ksm("pages_to_scan", 1);
+	write_ksm("sleep_millisecs", sleep_ms);
+	scanned = sc->pages_scanned_before;
+	scans = sc->full_scans_before;
+	sc->steps = 0;
+	write_ksm("run", 1);
+	for (;;) {
+		time_t end = time(NULL) + 5;
+
+		/* a wake scans one page, or ends a full scan */
+		while (ksm_counter("pages_scanned") == scanned &&
+		       ksm_counter("full_scans") == scans && time(NULL) < end)
+			usleep(200);
+		scanned = ksm_counter("pages_scanned");
+		scans = ksm_counter("full_scans");
+		if (ksm_stat_long(ch->pid, "ksm_rmap_items") >= sc->rmap_items_target ||
+		    sc->steps >= 100000)
+			break;
+		/* a new sleep time wakes ksmd for one more batch */
+		sleep_ms = sleep_ms == 60000 ? 60001 : 60000;
+		write_ksm("sleep_millisecs", sleep_ms);
+		sc->steps++;
+	}
+	write_ksm("run", 0);
+	sc->rmap_items_after = ksm_stat_long(ch->pid, "ksm_rmap_items");
+	sc->full_scans_after = ksm_counter("full_scans");
+	sc->pages_scanned_after = ksm_counter("pages_scanned");
+	say("explain: ksmd stopped after %ld steps; rmap_items %ld -> %ld (target %ld); "
+	    "full_scans %ld -> %ld", sc->steps, sc->rmap_items_before,
+	    sc->rmap_items_after, sc->rmap_items_target, sc->full_scans_before,
+	    sc->full_scans_after);
+}
+
 static void json_string(const char *s)
 {
 	putchar('"');
@@ -493,9 +758,104 @@ static void print_sysfs(void)
 	printf("}");
 }
 
+static int g_extra;			/* explain or cgroups: more truth per process */
+static struct child *g_explainer;
+static struct explain_scan g_explain_scan;
+
+/* The explain process: its regions, the VMAs holding them (smaps), the scan. */
+static void print_explain(struct child *ch)
+{
+	static char smaps[1 << 16];
+	static const char *const keys[] = {
+		"Rss", "Anonymous", "KSM", "Private_Hugetlb", "Shared_Hugetlb",
+	};
+	const struct explain_scan *sc = &g_explain_scan;
+	char path[64], *p;
+	int i, k, first = 1;
+
+	printf(", \"explain\": {\"regions\": {");
+	for (i = 0; i < R_COUNT; i++) {
+		long bytes = i == R_HUGETLB ? g_explain.huge_page_size : (long)PAGE;
+
+		printf("%s\n   \"%s\": {\"start\": \"0x%lx\", \"end\": \"0x%lx\", "
+		       "\"pages\": %ld, \"page_size\": %ld}", i ? "," : "",
+		       region_names[i], g_explain.start[i],
+		       g_explain.start[i] + g_explain.pages[i] * bytes,
+		       g_explain.pages[i], bytes);
+	}
+	printf("},\n  \"unscanned_pages_with_rmap_items\": %ld"
+	       ", \"hugetlb_mmap_errno\": %d, \"hugetlb_madvise_mergeable_errno\": %d",
+	       sc->rmap_items_after - sc->rmap_items_before,
+	       g_explain.hugetlb_mmap_errno, g_explain.hugetlb_madvise_errno);
+	printf(",\n  \"scan\": {\"rmap_items_before\": %ld, \"rmap_items_target\": %ld, "
+	       "\"rmap_items_after\": %ld, \"full_scans_before\": %ld, "
+	       "\"full_scans_after\": %ld, \"pages_scanned_before\": %ld, "
+	       "\"pages_scanned_after\": %ld, \"steps\": %ld}",
+	       sc->rmap_items_before, sc->rmap_items_target, sc->rmap_items_after,
+	       sc->full_scans_before, sc->full_scans_after, sc->pages_scanned_before,
+	       sc->pages_scanned_after, sc->steps);
+	/* every VMA of smaps that holds a region: the kernel's own view */
+	printf(",\n  \"vmas\": [");
+	snprintf(path, sizeof(path), "/proc/%d/smaps", ch->pid);
+	if (read_all(path, smaps, sizeof(smaps)))
+		smaps[0] = 0;
+	for (p = smaps; p && *p; ) {
+		unsigned long start, end;
+		char *next, *flags;
+
+		unsigned long a, b;
+
+		/* a VMA's block: its header line ("start-end perms ...") up to
+		 * the next one (field lines, "Anonymous:", never parse so) */
+		if (sscanf(p, "%lx-%lx ", &start, &end) != 2)
+			break;
+		for (next = strchr(p, '\n'); next; next = strchr(next + 1, '\n'))
+			if (sscanf(next + 1, "%lx-%lx ", &a, &b) == 2)
+				break;
+		if (next)
+			*next++ = 0;
+		for (i = 0; i < R_COUNT; i++)
+			if (g_explain.pages[i] && g_explain.start[i] >= start &&
+			    g_explain.start[i] < end)
+				break;
+		if (i < R_COUNT) {
+			printf("%s\n   {\"start\": \"0x%lx\", \"end\": \"0x%lx\", \"regions\": [",
+			       first ? "" : ",", start, end);
+			for (k = 0, i = 0; i < R_COUNT; i++)
+				if (g_explain.pages[i] && g_explain.start[i] >= start &&
+				    g_explain.start[i] < end)
+					printf("%s\"%s\"", k++ ? ", " : "", region_names[i]);
+			printf("], \"smaps_kb\": {");
+			for (k = 0; k < 5; k++)
+				printf("%s\"%s\": %ld", k ? ", " : "", keys[k], field_long(p, keys[k]));
+			printf("}, \"VmFlags\": ");
+			flags = strstr(p, "\nVmFlags:");
+			if (flags) {
+				char *eol;
+
+				flags += strlen("\nVmFlags:");
+				while (*flags == ' ')
+					flags++;
+				eol = strchr(flags, '\n');
+				if (eol)
+					*eol = 0;
+				while (*flags && flags[strlen(flags) - 1] == ' ')
+					flags[strlen(flags) - 1] = 0;
+				json_string(flags);
+			} else {
+				printf("null");
+			}
+			printf("}");
+			first = 0;
+		}
+		p = next;
+	}
+	printf("]}");
+}
+
 static void print_process(struct child *ch, int exited)
 {
-	char path[64], buf[1024], *line, *save;
+	char path[64], buf[4096], *line, *save;
 
 	printf("{\"pid\": %d, \"role\": \"%s\", \"index\": %ld, \"exited\": %s",
 	       ch->pid, ch->role, ch->index, exited ? "true" : "false");
@@ -523,6 +883,28 @@ static void print_process(struct child *ch, int exited)
 			printf("}");
 		}
 	}
+	if (g_extra && !exited) {
+		static const char *const keys[] = {
+			"VmRSS", "RssAnon", "RssFile", "RssShmem", "HugetlbPages",
+		};
+		int k;
+
+		/* "0::/vm-a": cgroup v2's one line */
+		snprintf(path, sizeof(path), "/proc/%d/cgroup", ch->pid);
+		if (!read_text(path, buf, sizeof(buf)) && strstr(buf, "::")) {
+			printf(", \"cgroup\": ");
+			json_string(strstr(buf, "::") + 2);
+		}
+		snprintf(path, sizeof(path), "/proc/%d/status", ch->pid);
+		if (!read_all(path, buf, sizeof(buf))) {
+			printf(", \"status_kb\": {");
+			for (k = 0; k < 5; k++)
+				printf("%s\"%s\": %ld", k ? ", " : "", keys[k], field_long(buf, keys[k]));
+			printf("}");
+		}
+	}
+	if (ch == g_explainer && !exited)
+		print_explain(ch);
 	printf("}");
 }
 
@@ -550,12 +932,96 @@ static void load_capture_kernel(const char *options)
 	unlink("/capture/initrd.img");
 }
 
+static const char *const cgroup_names[] = { "/vm-a", "/vm-b" };
+
+/* cgroup2 on CGROUP_ROOT, the memory controller for its children, two of them. */
+static int setup_cgroups(void)
+{
+	char path[64];
+	unsigned i;
+
+	if (mount("cgroup2", CGROUP_ROOT, "cgroup2", 0, NULL)) {
+		say("mount cgroup2 on " CGROUP_ROOT ": %s", strerror(errno));
+		return -1;
+	}
+	if (write_text(CGROUP_ROOT "/cgroup.subtree_control", "+memory"))
+		return -1;
+	for (i = 0; i < sizeof(cgroup_names) / sizeof(cgroup_names[0]); i++) {
+		snprintf(path, sizeof(path), CGROUP_ROOT "%s", cgroup_names[i]);
+		if (mkdir(path, 0755) && errno != EEXIST) {
+			say("mkdir %s: %s", path, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Each cgroup's pids, memory.current and memory.stat, as the kernel says. */
+static void print_cgroups(void)
+{
+	static char buf[1 << 14];
+	char path[96], *line, *save;
+	unsigned i;
+	int first;
+
+	printf(",\n\"cgroups\": {");
+	for (i = 0; i < sizeof(cgroup_names) / sizeof(cgroup_names[0]); i++) {
+		printf("%s\n ", i ? "," : "");
+		json_string(cgroup_names[i]);
+		snprintf(path, sizeof(path), CGROUP_ROOT "%s/memory.current", cgroup_names[i]);
+		printf(": {\"memory.current\": %ld, \"pids\": [", read_long(path));
+		snprintf(path, sizeof(path), CGROUP_ROOT "%s/cgroup.procs", cgroup_names[i]);
+		first = 1;
+		if (!read_all(path, buf, sizeof(buf)))
+			for (line = strtok_r(buf, "\n", &save); line;
+			     line = strtok_r(NULL, "\n", &save), first = 0)
+				printf("%s%s", first ? "" : ", ", line);
+		printf("], \"memory.stat\": {");
+		snprintf(path, sizeof(path), CGROUP_ROOT "%s/memory.stat", cgroup_names[i]);
+		first = 1;
+		if (!read_all(path, buf, sizeof(buf)))
+			for (line = strtok_r(buf, "\n", &save); line;
+			     line = strtok_r(NULL, "\n", &save)) {
+				char *sp = strchr(line, ' ');
+
+				if (!sp)
+					continue;
+				*sp = 0;
+				printf("%s\n  ", first ? "" : ",");
+				json_string(line);
+				printf(": %s", sp + 1);
+				first = 0;
+			}
+		printf("}}");
+	}
+	printf("}");
+}
+
+/* The hugetlb pool, from /proc/meminfo. */
+static void print_hugetlb(void)
+{
+	static const char *const keys[] = {
+		"HugePages_Total", "HugePages_Free", "HugePages_Rsvd", "HugePages_Surp",
+		"Hugepagesize", "Hugetlb",
+	};
+	static char buf[1 << 13];
+	unsigned k;
+
+	if (read_all("/proc/meminfo", buf, sizeof(buf)))
+		return;
+	printf(",\n\"hugetlb\": {\"nr_hugepages\": %ld",
+	       read_long("/proc/sys/vm/nr_hugepages"));
+	for (k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+		printf(", \"%s%s\": %ld", keys[k], k >= 4 ? "_kb" : "", field_long(buf, keys[k]));
+	printf("}");
+}
+
 int main(void)
 {
 	long exit_flag, cow_written = 0, steps = -1, pairs_merged = 0;
 	long full_scans_before_cow = -1;
 	pid_t exited_pid = 0;
-	long live;
+	long live, explain, cgroups;
 	struct child *pairs = NULL, *exiter = NULL, *vol = NULL;
 	int i, settled = 0;
 
@@ -580,6 +1046,15 @@ int main(void)
 	g_batch = param("batch", 0);
 	exit_flag = param("exit", 1);
 	live = param("live", 0);
+	explain = param("explain", 0);
+	g_explain_pages = param("explain_pages", 16);
+	g_nhugetlb = param("hugetlb", 2);
+	cgroups = param("cgroups", 0);
+	if (explain && live) {
+		say("explain: not with live (ksmd is not stopped there)");
+		explain = 0;
+	}
+	g_extra = explain || cgroups;
 	if (!live) {
 		/* /init: talk on the console */
 		int fd = open("/dev/console", O_RDWR);
@@ -602,7 +1077,7 @@ int main(void)
 	}
 	if (access(KSM "run", F_OK)) {
 		/* a kernel without CONFIG_KSM: nothing to create, nothing to record */
-		g_sharers = g_nvolatile = g_zero = g_npairs = exit_flag = 0;
+		g_sharers = g_nvolatile = g_zero = g_npairs = exit_flag = explain = 0;
 		say("no " KSM);
 	}
 
@@ -625,9 +1100,11 @@ int main(void)
 
 	if (g_batch > 0 && !access(KSM "run", F_OK))
 		write_ksm("run", 1);	/* merge while the sharers fill */
+	if (cgroups && setup_cgroups())
+		cgroups = 0;	/* the truth says so: workload.cgroups 0 */
 	for (i = 0; i < g_sharers; i++) {
 		g_index = i;
-		spawn("share", i, sharer_body);
+		spawn_in("share", i, sharer_body, cgroups ? cgroup_names[i % 2] : NULL);
 	}
 	g_index = 0;
 	if (g_nvolatile > 0) {
@@ -643,6 +1120,19 @@ int main(void)
 	if (g_npairs > 0) {
 		spawn("pairs", 0, pairs_body);
 		pairs = &children[nchildren - 1];
+	}
+	if (explain) {
+		char meminfo[1 << 13], n[24];
+
+		if (g_nhugetlb > 0) {
+			snprintf(n, sizeof(n), "%ld", g_nhugetlb);
+			write_text("/proc/sys/vm/nr_hugepages", n);
+		}
+		if (!read_all("/proc/meminfo", meminfo, sizeof(meminfo)))
+			g_explain.huge_page_size = field_long(meminfo, "Hugepagesize") * 1024;
+		spawn_in("explain", 0, explain_body, cgroups ? cgroup_names[1] : NULL);
+		g_explainer = &children[nchildren - 1];
+		explain_info(g_explainer, &g_explain);
 	}
 	say("%d processes ready; merging", nchildren);
 
@@ -692,6 +1182,10 @@ int main(void)
 		wait_full_scans(1, 600);
 		write_ksm("run", 0);
 	}
+	if (g_explainer) {
+		step_into_unscanned(g_explainer, &g_explain_scan);
+		command(g_explainer, 's');	/* volatile no more: the truth holds still */
+	}
 	if (vol)
 		command(vol, 's');
 
@@ -708,11 +1202,16 @@ record:
 	       "\"pairs\": %ld, \"numa\": %ld, \"exited_pid\": %d, "
 	       "\"cow_written\": %ld, \"pairs_merged_before_write\": %ld, "
 	       "\"pairs_written\": %ld, \"single_steps\": %ld, "
-	       "\"full_scans_before_cow\": %ld, \"settled\": %s},\n",
+	       "\"full_scans_before_cow\": %ld, \"settled\": %s",
 	       g_sharers, g_shared, g_chain, g_ncow, g_unique, g_nvolatile, g_zero,
 	       g_npairs, g_numa, exited_pid, cow_written, pairs_merged,
 	       pairs ? 2 * g_npairs : 0, steps, full_scans_before_cow,
 	       settled ? "true" : "false");
+	if (g_extra)	/* keys of the explain and cgroups fixtures only */
+		printf(", \"explain\": %ld, \"explain_pages\": %ld, \"hugetlb\": %ld, "
+		       "\"cgroups\": %ld", explain, explain ? g_explain_pages : 0,
+		       explain ? g_nhugetlb : 0, cgroups);
+	printf("},\n");
 	{
 		struct utsname u;
 
@@ -725,6 +1224,10 @@ record:
 	}
 	printf("\"cmdline\": ");
 	json_string(cmdline);
+	if (cgroups)
+		print_cgroups();
+	if (explain)
+		print_hugetlb();
 	printf("}\nKSMINSPECT-TRUTH-END\nKSMINSPECT-READY\n");
 	fflush(stdout);
 	if (strstr(cmdline, "ksmw.capture=")) {
