@@ -159,7 +159,7 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
                     v.hugetlb = len(pfns)
                     continue
                 try:
-                    mapping, readable = look.page_mappings(pfns)
+                    mapping, readable = look.page_mappings(pfns, heads=True)
                 except HELPER_LIMITS as e:
                     raise _Unreadable(f"drgn's pfn_to_page() cannot run on this kernel ({e}): "
                                       f"which pages are anonymous cannot be read") from None

@@ -212,6 +212,8 @@ class KsmLayout:
     # flags of VMAs KSM never touches, with their names: vma_ksm_compatible()
     vm_untouchable: tuple[tuple[str, int], ...]
     mmf_vm_merge_any: Optional[int]  # bit of mm->flags: the mm merges every VMA (v6.4)
+    # where a tail page of a compound page names its head: (offset, masked)
+    page_compound: Optional[tuple[int, bool]] = None
 
     @property
     def page_size(self) -> int:
@@ -364,6 +366,7 @@ def detect_layout(prog: drgn.Program) -> KsmLayout:
         root_unstable_tree=_tree_roots_layout(prog, "root_unstable_tree", "one_unstable_tree"),
         vm_mergeable=_vm_mergeable(prog),
         vm_untouchable=_vm_untouchable(prog),
+        page_compound=_page_compound(prog),
         mmf_vm_merge_any=30 if _address_of(prog, "ksm_enable_merge_any") is not None else None,
     )
 
@@ -406,6 +409,22 @@ def _vm_untouchable(prog: drgn.Program) -> tuple[tuple[str, int], ...]:
                 continue
         out.append((words, value))
     return tuple(out)
+
+
+def _page_compound(prog: drgn.Program) -> Optional[tuple[int, bool]]:
+    """Where a tail page says which page is its head, and how: the word
+    page->compound_head holds head + 1 (v4.4, "mm: make compound_head()
+    robust"); page->compound_info, where struct zone has vmemmap_tails,
+    holds a mask that the tail's own address ANDed with gives the head (the
+    7.2 kernel here), else head + 1 too. None before v4.4 (first_page)."""
+    page = prog.type("struct page")
+    for member in ("compound_info", "compound_head"):
+        offset = _offset(page, member)
+        if offset is not None:
+            masked = (member == "compound_info" and page.size & (page.size - 1) == 0
+                      and prog.type("struct zone").has_member("vmemmap_tails"))
+            return offset, masked
+    return None
 
 
 def zero_pfn(prog: drgn.Program) -> Optional[int]:

@@ -142,12 +142,14 @@ class Lookups:
 
     # -- struct page ---------------------------------------------------------
 
-    def page_mappings(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def page_mappings(self, pfns: np.ndarray, heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(pfn_to_page(pfn)->mapping, readable)`` for each pfn, read from
         the vmemmap array where it is linear (SPARSEMEM_VMEMMAP), else by
-        drgn's pfn_to_page(). Raises what pfn_to_page() raises where it
-        cannot run on this kernel (HELPER_LIMITS)."""
-        from drgn.helpers.linux.mm import pfn_to_page
+        drgn's pfn_to_page(). With *heads*, a tail page of a compound page
+        (a THP) answers its head's mapping: what makes it anonymous. Raises
+        what pfn_to_page() raises where it cannot run on this kernel
+        (HELPER_LIMITS)."""
+        from drgn.helpers.linux.mm import compound_head, pfn_to_page
 
         page_type = self.prog.type("struct page")
         size = page_type.size
@@ -159,7 +161,8 @@ class Lookups:
             readable = np.zeros(len(pfns), bool)
             for i, pfn in enumerate(pfns.tolist()):
                 try:
-                    mapping[i] = pfn_to_page(self.prog, pfn).mapping.value_()
+                    page = pfn_to_page(self.prog, pfn)
+                    mapping[i] = (compound_head(page) if heads else page).mapping.value_()
                     readable[i] = True
                 except (drgn.FaultError, OverflowError, ValueError):
                     pass
@@ -168,6 +171,17 @@ class Lookups:
         fits = pfns < np.uint64(((1 << 64) - 1 - base - off) // size)
         addresses = np.where(fits, np.uint64(base + off) + pfns * np.uint64(size), np.uint64(0))
         mapping, readable = self.w.memory.read_words(addresses)
+        compound = self.layout.page_compound
+        if heads and compound is not None:
+            offset, masked = compound
+            pages = addresses - np.uint64(off)
+            info, known = self.w.memory.read_words(np.where(fits, pages + np.uint64(offset), np.uint64(0)))
+            tail = known & fits & ((info & np.uint64(1)) != 0)
+            if np.any(tail):
+                head = (pages[tail] & info[tail]) if masked else info[tail] - np.uint64(1)
+                head_mapping, ok = self.w.memory.read_words(head + np.uint64(off))
+                mapping[tail] = head_mapping
+                readable[tail] &= ok
         return mapping, readable & fits
 
 

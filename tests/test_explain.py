@@ -99,8 +99,10 @@ def test_advice_is_tied_to_the_numbers() -> None:
 def test_explain_shows_each_share_as_the_workload_made_it() -> None:
     """vmcores/6.12-explain: ksm-explain0 has one mergeable VMA of four
     regions (merged, unique, volatile, and one ksmd stopped in the middle
-    of), an anonymous VMA never madvised, and a hugetlb VMA; sharers in two
-    memory cgroups. explain shows each as the workload recorded it."""
+    of), a mergeable VMA of a transparent huge page (unique content: its 512
+    pages unstable, 511 of them tail pages), an anonymous VMA never
+    madvised, and a hugetlb VMA; sharers in two memory cgroups. explain
+    shows each as the workload recorded it."""
     from conftest import DUMPS
 
     dump = next((d for d in DUMPS if d.name == "6.12-explain"), None)
@@ -127,14 +129,20 @@ def test_explain_shows_each_share_as_the_workload_made_it() -> None:
     assert not huge["mergeable"] and "hugetlb" in huge["why_not"]
     assert huge["hugetlb"] == n["hugetlb"] * regions["hugetlb"]["page_size"] // dump.truth["page_size"]
     assert p["hugetlb_pages"] == huge["hugetlb"]
+    thp = vma[regions["thp"]["start"]]  # tail pages are anonymous: their head says so
+    assert thp["mergeable"] and thp["pages"]["unstable"] == n["thp"] == 512
     assert p["cgroup"] == made["cgroup"]
     shares = {k: v["pages"] for k, v in p["pages"].items()}
     assert shares["never_scanned"] == n["unscanned"] - reached and shares["merged"] == n["merged"]
-    # 24 of 64 mergeable pages volatile; the huge pages dominate the whole
-    assert "38% of its mergeable pages are volatile: their content changed between two scans, " \
-        "faster than a full scan (about 7.4 h)" in p["advice"]
-    assert any(line.startswith("94% (1059 pages) are in VMAs KSM will not touch (hugetlb, do not "
-                               "expand: 1024") for line in p["advice"]), p["advice"]
+    mergeable = n["merged"] + n["unique"] + n["volatile"] + n["unscanned"] + n["thp"]
+    assert sum(shares[s] for s in STATES) == mergeable
+    waiting = (n["unique"] + n["thp"]) / mergeable
+    assert f"{waiting:.0%} of its mergeable pages wait in the unstable tree with no partner yet: " \
+        "their content is unique so far" in p["advice"]
+    untouched = shares["not_mergeable"]
+    assert any(line.startswith(f"{untouched / p['total']:.0%} ({untouched} pages) are in VMAs KSM "
+                               f"will not touch (hugetlb, do not expand: {huge['hugetlb']}")
+               for line in p["advice"]), p["advice"]
     groups = explain_json(dump, "--by", "cgroup")
     by_name = {g["cgroup"]: g for g in groups["cgroups"]}
     for cgroup in {pr["cgroup"] for pr in dump.processes if pr.get("cgroup")}:

@@ -51,6 +51,21 @@
  *                  scan counters before and after the single-stepping (0)
  *   explain_pages  pages in each 4K region of the explain process (16)
  *   hugetlb        huge pages in the explain process's MAP_HUGETLB VMA (2)
+ *   thp            transparent huge pages (PMD-sized: 2 MB on x86_64) in one
+ *                  more VMA of the explain process, below all its others (so
+ *                  that ksmd scans it before the one it is stopped in): mapped
+ *                  2 MB-aligned, madvised MADV_HUGEPAGE and MADV_MERGEABLE,
+ *                  every base page of unique content written before merging
+ *                  starts (nothing merges, the THPs stay whole, their pages
+ *                  get rmap_items in the unstable tree like the unique
+ *                  region's). THP is switched on first (enabled=always;
+ *                  defrag=madvise if it was never). The truth gets the region
+ *                  ("thp": pages in base pages, page_size the THP size,
+ *                  count), AnonHugePages in the VMAs' smaps_kb, and "thp":
+ *                  the sysfs settings (sysfs false: a kernel without THP),
+ *                  the madvise results, /proc/vmstat's thp_* counters (null
+ *                  without VM_EVENT_COUNTERS) and /proc/meminfo's
+ *                  AnonHugePages. Needs explain (0)
  *   cgroups        1: cgroup2 mounted on /sys/fs/cgroup with +memory in its
  *                  subtree_control, two memory cgroups vm-a and vm-b; sharer i
  *                  joins vm-a (even i) or vm-b (odd i), the explain process
@@ -319,11 +334,17 @@ static int write_text(const char *path, const char *text)
 	int n = strlen(text), ret = 0;
 
 	if (fd < 0) {
-		say("open %s: %s", path, strerror(errno));
+		int err = errno;
+
+		say("open %s: %s", path, strerror(err));
+		errno = err;
 		return -1;
 	}
 	if (write(fd, text, n) != n) {
-		say("write %s to %s: %s", text, path, strerror(errno));
+		int err = errno;
+
+		say("write %s to %s: %s", text, path, strerror(err));
+		errno = err;	/* the caller's to record */
 		ret = -1;
 	}
 	close(fd);
@@ -477,23 +498,29 @@ static void pairs_body(int cmd, int ack)
 /*
  * The explain process. Its regions: four in one mergeable VMA, in ascending
  * addresses (the order ksmd scans them in); beside it an anonymous VMA never
- * madvised, and a MAP_HUGETLB VMA.
+ * madvised, and a MAP_HUGETLB VMA; with ksmw.thp, a mergeable VMA of
+ * transparent huge pages below them all.
  */
-enum { R_MERGED, R_UNIQUE, R_VOLATILE, R_UNSCANNED, R_UNMERGEABLE, R_HUGETLB, R_COUNT };
+enum { R_MERGED, R_UNIQUE, R_VOLATILE, R_UNSCANNED, R_UNMERGEABLE, R_HUGETLB, R_THP, R_COUNT };
 static const char *const region_names[R_COUNT] = {
-	"merged", "unique", "volatile", "unscanned", "unmergeable", "hugetlb",
+	"merged", "unique", "volatile", "unscanned", "unmergeable", "hugetlb", "thp",
 };
 
 struct explain_info {
 	unsigned long start[R_COUNT];
-	long pages[R_COUNT];		/* hugetlb: huge pages */
+	long pages[R_COUNT];		/* hugetlb: huge pages; thp: base pages */
 	long huge_page_size;		/* bytes; set by the parent before the fork */
 	int hugetlb_mmap_errno;		/* 0: mapped */
 	int hugetlb_madvise_errno;	/* madvise(MADV_MERGEABLE) on it: 0 or errno */
+	long thp_size;			/* bytes (hpage_pmd_size); set by the parent */
+	long thp_count;			/* THPs in the thp region */
+	int thp_mmap_errno;
+	int thp_madvise_hugepage_errno;
+	int thp_madvise_mergeable_errno;
 };
 
 static struct explain_info g_explain;
-static long g_explain_pages, g_nhugetlb;
+static long g_explain_pages, g_nhugetlb, g_nthp;
 static int g_explain_ack;
 
 static void explain_command(char c)
@@ -510,6 +537,53 @@ static void explain_command(char c)
 		if (write(g_explain_ack, &g_explain, sizeof(g_explain)) != sizeof(g_explain))
 			exit(1);
 	}
+}
+
+/*
+ * The THP region: below every other region of the process (ksmd scans an
+ * mm's VMAs in ascending addresses, so it is behind the cursor when ksmd
+ * is stopped in R_UNSCANNED), aligned to the THP size, each base page of
+ * unique content (written here, before ksmd runs: no merge, no split).
+ */
+static void map_thp(struct explain_info *e)
+{
+	unsigned long hs = e->thp_size, len = g_nthp * hs, low = ~0UL, hint, a, r;
+	unsigned char *m;
+	long j;
+	int i;
+
+	for (i = 0; i < R_COUNT; i++)
+		if (e->pages[i] && e->start[i] < low)
+			low = e->start[i];
+	/* a hint, 2 MB more than needed: the start is aligned below */
+	hint = low > 2 * (len + hs) ? ((low - len - hs) & ~(hs - 1)) - hs : 0;
+	m = mmap((void *)hint, len + hs, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED) {
+		e->thp_mmap_errno = errno;
+		say("mmap(thp): %s", strerror(errno));
+		return;
+	}
+	r = (unsigned long)m;
+	a = (r + hs - 1) & ~(hs - 1);
+	if (a > r)
+		munmap(m, a - r);
+	if (r + len + hs > a + len)
+		munmap((void *)(a + len), r + len + hs - (a + len));
+	e->thp_madvise_hugepage_errno = madvise((void *)a, len, MADV_HUGEPAGE) ? errno : 0;
+	if (e->thp_madvise_hugepage_errno)
+		say("madvise(MADV_HUGEPAGE): %s", strerror(e->thp_madvise_hugepage_errno));
+	for (j = 0; j < (long)(len / PAGE); j++)
+		fill((unsigned char *)a + j * PAGE, ID_EXPLAIN + (2 << 20) + j);
+	e->thp_madvise_mergeable_errno = madvise((void *)a, len, MADV_MERGEABLE) ? errno : 0;
+	if (e->thp_madvise_mergeable_errno)
+		say("madvise(MADV_MERGEABLE) on thp: %s", strerror(e->thp_madvise_mergeable_errno));
+	e->start[R_THP] = a;
+	e->pages[R_THP] = len / PAGE;
+	e->thp_count = g_nthp;
+	if (a + len > low)
+		say("thp region 0x%lx-0x%lx is not below the other regions (0x%lx)",
+		    a, a + len, low);
 }
 
 static void explain_body(int cmd, int ack)
@@ -555,6 +629,8 @@ static void explain_body(int cmd, int ack)
 		fill(q + j * PAGE, ID_SHARED + j);
 	e->start[R_UNMERGEABLE] = (unsigned long)q;
 	e->pages[R_UNMERGEABLE] = n;
+	if (g_nthp > 0)
+		map_thp(e);
 	g_volatile = (unsigned char *)e->start[R_VOLATILE];
 	g_nvolatile = n;
 	g_explain_ack = ack;
@@ -758,6 +834,91 @@ static void print_sysfs(void)
 	printf("}");
 }
 
+/* THP as the explain process got it: sysfs before and after, the counters. */
+struct thp_setup {
+	int sysfs;			/* 0: no /sys/kernel/mm/transparent_hugepage */
+	char enabled_before[64], defrag_before[64];
+	int enabled_write_errno, defrag_write_errno;	/* -1: not written */
+};
+static struct thp_setup g_thp;
+
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage/"
+
+static int write_text(const char *path, const char *text);
+
+/* THP on (enabled=always), and a defrag that lets a madvised fault compact. */
+static void setup_thp(void)
+{
+	char buf[64];
+
+	g_thp.enabled_write_errno = g_thp.defrag_write_errno = -1;
+	g_explain.thp_size = 2 << 20;	/* x86_64's PMD; hpage_pmd_size says */
+	g_thp.sysfs = !access(THP_SYSFS "enabled", F_OK);
+	if (!g_thp.sysfs) {
+		say("no " THP_SYSFS ": a kernel without THP");
+		return;
+	}
+	read_text(THP_SYSFS "enabled", g_thp.enabled_before, sizeof(g_thp.enabled_before));
+	read_text(THP_SYSFS "defrag", g_thp.defrag_before, sizeof(g_thp.defrag_before));
+	g_thp.enabled_write_errno = write_text(THP_SYSFS "enabled", "always") ? errno : 0;
+	/* never: a fault takes a huge page only if one is free; else compact */
+	if (strstr(g_thp.defrag_before, "[never]"))
+		g_thp.defrag_write_errno = write_text(THP_SYSFS "defrag", "madvise") ? errno : 0;
+	if (!read_text(THP_SYSFS "hpage_pmd_size", buf, sizeof(buf)) && strtol(buf, NULL, 0) > 0)
+		g_explain.thp_size = strtol(buf, NULL, 0);
+}
+
+static void print_thp(void)
+{
+	static const char *const vmstat_keys[] = {
+		"thp_fault_alloc", "thp_fault_fallback", "thp_fault_fallback_charge",
+		"thp_collapse_alloc", "thp_split_page", "thp_split_page_failed",
+		"thp_split_pmd", "thp_deferred_split_page",
+	};
+	static char buf[1 << 14];
+	char val[64];
+	unsigned k;
+
+	printf(",\n  \"thp\": {\"sysfs\": %s", g_thp.sysfs ? "true" : "false");
+	if (g_thp.sysfs) {
+		printf(", \"enabled_before\": ");
+		json_string(g_thp.enabled_before);
+		printf(", \"defrag_before\": ");
+		json_string(g_thp.defrag_before);
+		printf(", \"enabled_write_errno\": %d, \"defrag_write_errno\": %d",
+		       g_thp.enabled_write_errno, g_thp.defrag_write_errno);
+		if (!read_text(THP_SYSFS "enabled", val, sizeof(val))) {
+			printf(", \"enabled\": ");
+			json_string(val);
+		}
+		if (!read_text(THP_SYSFS "defrag", val, sizeof(val))) {
+			printf(", \"defrag\": ");
+			json_string(val);
+		}
+	}
+	printf(", \"hpage_pmd_size\": %ld, \"mmap_errno\": %d, "
+	       "\"madvise_hugepage_errno\": %d, \"madvise_mergeable_errno\": %d",
+	       g_explain.thp_size, g_explain.thp_mmap_errno,
+	       g_explain.thp_madvise_hugepage_errno, g_explain.thp_madvise_mergeable_errno);
+	/* null: not in /proc/vmstat (a kernel without VM_EVENT_COUNTERS) */
+	printf(", \"vmstat\": {");
+	if (read_all("/proc/vmstat", buf, sizeof(buf)))
+		buf[0] = 0;
+	for (k = 0; k < sizeof(vmstat_keys) / sizeof(vmstat_keys[0]); k++) {
+		long v = field_long(buf, vmstat_keys[k]);
+
+		printf("%s\"%s\": ", k ? ", " : "", vmstat_keys[k]);
+		if (v < 0)
+			printf("null");
+		else
+			printf("%ld", v);
+	}
+	printf("}");
+	if (!read_all("/proc/meminfo", buf, sizeof(buf)))
+		printf(", \"meminfo_AnonHugePages_kb\": %ld", field_long(buf, "AnonHugePages"));
+	printf("}");
+}
+
 static int g_extra;			/* explain or cgroups: more truth per process */
 static struct child *g_explainer;
 static struct explain_scan g_explain_scan;
@@ -768,8 +929,10 @@ static void print_explain(struct child *ch)
 	static char smaps[1 << 16];
 	static const char *const keys[] = {
 		"Rss", "Anonymous", "KSM", "Private_Hugetlb", "Shared_Hugetlb",
+		"AnonHugePages",	/* only with ksmw.thp */
 	};
 	const struct explain_scan *sc = &g_explain_scan;
+	int nkeys = g_nthp > 0 ? 6 : 5;
 	char path[64], *p;
 	int i, k, first = 1;
 
@@ -777,6 +940,16 @@ static void print_explain(struct child *ch)
 	for (i = 0; i < R_COUNT; i++) {
 		long bytes = i == R_HUGETLB ? g_explain.huge_page_size : (long)PAGE;
 
+		if (i == R_THP) {	/* only with ksmw.thp: pages in base pages */
+			if (g_nthp > 0)
+				printf(",\n   \"thp\": {\"start\": \"0x%lx\", \"end\": \"0x%lx\", "
+				       "\"pages\": %ld, \"page_size\": %ld, \"count\": %ld}",
+				       g_explain.start[i],
+				       g_explain.start[i] + g_explain.pages[i] * (long)PAGE,
+				       g_explain.pages[i], g_explain.thp_size,
+				       g_explain.thp_count);
+			continue;
+		}
 		printf("%s\n   \"%s\": {\"start\": \"0x%lx\", \"end\": \"0x%lx\", "
 		       "\"pages\": %ld, \"page_size\": %ld}", i ? "," : "",
 		       region_names[i], g_explain.start[i],
@@ -826,7 +999,7 @@ static void print_explain(struct child *ch)
 				    g_explain.start[i] < end)
 					printf("%s\"%s\"", k++ ? ", " : "", region_names[i]);
 			printf("], \"smaps_kb\": {");
-			for (k = 0; k < 5; k++)
+			for (k = 0; k < nkeys; k++)
 				printf("%s\"%s\": %ld", k ? ", " : "", keys[k], field_long(p, keys[k]));
 			printf("}, \"VmFlags\": ");
 			flags = strstr(p, "\nVmFlags:");
@@ -850,7 +1023,10 @@ static void print_explain(struct child *ch)
 		}
 		p = next;
 	}
-	printf("]}");
+	printf("]");
+	if (g_nthp > 0)
+		print_thp();
+	printf("}");
 }
 
 static void print_process(struct child *ch, int exited)
@@ -1054,6 +1230,7 @@ int main(void)
 		say("explain: not with live (ksmd is not stopped there)");
 		explain = 0;
 	}
+	g_nthp = explain ? param("thp", 0) : 0;
 	g_extra = explain || cgroups;
 	if (!live) {
 		/* /init: talk on the console */
@@ -1078,6 +1255,7 @@ int main(void)
 	if (access(KSM "run", F_OK)) {
 		/* a kernel without CONFIG_KSM: nothing to create, nothing to record */
 		g_sharers = g_nvolatile = g_zero = g_npairs = exit_flag = explain = 0;
+		g_nthp = 0;
 		say("no " KSM);
 	}
 
@@ -1130,6 +1308,8 @@ int main(void)
 		}
 		if (!read_all("/proc/meminfo", meminfo, sizeof(meminfo)))
 			g_explain.huge_page_size = field_long(meminfo, "Hugepagesize") * 1024;
+		if (g_nthp > 0)
+			setup_thp();
 		spawn_in("explain", 0, explain_body, cgroups ? cgroup_names[1] : NULL);
 		g_explainer = &children[nchildren - 1];
 		explain_info(g_explainer, &g_explain);
@@ -1211,6 +1391,8 @@ record:
 		printf(", \"explain\": %ld, \"explain_pages\": %ld, \"hugetlb\": %ld, "
 		       "\"cgroups\": %ld", explain, explain ? g_explain_pages : 0,
 		       explain ? g_nhugetlb : 0, cgroups);
+	if (g_nthp > 0)	/* only with ksmw.thp: the truth of the others unchanged */
+		printf(", \"thp\": %ld", g_nthp);
 	printf("},\n");
 	{
 		struct utsname u;
