@@ -19,7 +19,7 @@ def _shares(counts: dict[str, int], whole: int) -> dict[str, Any]:
     return {k: {"pages": n, "share": round(n / whole, 4) if whole else 0.0} for k, n in counts.items()}
 
 
-def process_json(p, pace, max_page_sharing, by_vma: bool) -> dict[str, Any]:
+def process_json(p, pace, max_page_sharing, item_size: int, by_vma: bool) -> dict[str, Any]:
     from ksminspect.explain import STATES, advice
 
     whole = p.total
@@ -35,7 +35,7 @@ def process_json(p, pace, max_page_sharing, by_vma: bool) -> dict[str, Any]:
                           for why, (n, size, pages) in _untouchable(p).items()],
         "rmap_items_without_page": dict(p.items_without_page),
         "ksm_stat": p.ksm_stat,
-        "metadata_bytes": p.rmap_items * _item_size(),
+        "metadata_bytes": p.rmap_items * item_size,
         "advice": advice(p, pace, max_page_sharing),
         "cannot_tell": p.cannot_tell,
     }
@@ -46,12 +46,6 @@ def process_json(p, pace, max_page_sharing, by_vma: bool) -> dict[str, Any]:
                         "pages": {s: v.pages[s] for s in STATES}}
                        for v in p.vmas]
     return out
-
-
-def _item_size() -> int:
-    from ksminspect.layout import get_layout
-
-    return get_layout(click.get_current_context().obj.prog).rmap_item.size
 
 
 def _untouchable(p) -> dict[str, tuple[int, int, int]]:
@@ -100,11 +94,12 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
     """
     from ksminspect.counters import read_tunables
     from ksminspect.explain import STATES, advice, explain, scan_pace
+    from ksminspect.layout import get_layout
 
     prog = app.prog
     require_process(prog, pid)
     processes = [p for p in progress(explain(prog, pid), "processes")
-                 if cgroup is None or (p.cgroup or "").startswith(cgroup.rstrip("/") or "/")]
+                 if cgroup is None or _within(p.cgroup, cgroup)]
     if processes and all(p.cannot_tell for p in processes):  # nothing to show: one sentence, exit 2
         raise KsmInspectError(f"cannot tell: {processes[0].cannot_tell}")
     pace = scan_pace(prog, processes)
@@ -112,7 +107,8 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
     sharing = tunables.get("max_page_sharing")
     has_memcg = any(p.cgroup is not None for p in processes)
     data = {
-        "processes": [process_json(p, pace, sharing, by == "vma") for p in processes],
+        "processes": [process_json(p, pace, sharing, get_layout(prog).rmap_item.size, by == "vma")
+                      for p in processes],
         "cgroups": [{"cgroup": name, "processes": t.pop("processes"), "pages": dict(t)}
                     for name, t in cgroup_totals(processes).items()] if by == "cgroup" else None,
         "scan": {"run": pace.run, "pages_to_scan": pace.pages_to_scan,
@@ -162,6 +158,12 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
     if not processes and (pid is not None or cgroup is not None):
         say_nothing_matched(f"process {pid}: not on ksm_mm_head (KSM does not scan it)"
                             if pid is not None else f"no process of ksm_mm_head in cgroup {cgroup}")
+
+
+def _within(path: Optional[str], cgroup: str) -> bool:
+    """*path* is the cgroup *cgroup* or one below it."""
+    top = cgroup.rstrip("/")
+    return path is not None and (not top or path == top or path.startswith(top + "/"))
 
 
 def _vma_pages(v) -> str:

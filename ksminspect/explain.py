@@ -110,19 +110,15 @@ def why_untouchable(flags: int, layout) -> Optional[str]:
 def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPages]:
     """Each mm on ksm_mm_head (only process *pid*'s, with *pid*), in scan order."""
     from ksminspect.collect import DUP
-    from ksminspect.errors import HELPER_LIMITS
     from ksminspect.layout import get_layout, zero_pfn
     from ksminspect.lookups import Lookups
     from ksminspect.mm import mm_counters, mm_owner
     from ksminspect.scan import read_scan_cursor
     from ksminspect.session import session
 
-    layout = get_layout(prog)
     c = session(prog).collect("stable_trees")
-    look = Lookups(prog, c.w)
-    dups = set(c.nodes.address[c.nodes.kind == DUP].tolist())
-    zero = zero_pfn(prog)
-    hugetlb = dict(layout.vm_untouchable).get("hugetlb", 0)
+    seen = _Seen(get_layout(prog), Lookups(prog, c.w), c,
+                 set(c.nodes.address[c.nodes.kind == DUP].tolist()), zero_pfn(prog))
     cursor = read_scan_cursor(prog)
     at = next((i for i, run in enumerate(c.runs) if run.slot == cursor.mm_slot), None)
     for order, run in enumerate(c.runs):
@@ -131,56 +127,81 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
             continue
         p = ProcessPages(owner.pid, owner.comm, run.mm, memory_cgroup(prog, owner.pid),
                          ksm_stat=mm_counters(prog, run.mm), rmap_items=run.stop - run.start)
-        vmas = look.vmas(run.mm)
-        if vmas is None:
-            p.cannot_tell = look.why.get("vmas")
-            yield p
-            continue
-        rows = np.arange(run.start, run.stop)
-        item_pages = c.page_address(rows)
-        order_of = np.argsort(item_pages, kind="stable")
-        sorted_pages = item_pages[order_of]
-        seen = np.zeros(len(rows), bool)
         if at is None or cursor.at_head(prog):
-            ahead_from = 0  # between passes (or the cursor's mm is gone): all ahead
+            ahead_from: Optional[int] = 0  # between passes (or the cursor's mm is gone): all ahead
         elif order != at:
-            ahead_from = 0 if order > at else None
+            ahead_from = 0 if order > at else None  # the cursor has passed this mm
         else:
             ahead_from = cursor.address
-        mm_obj = drgn.Object(prog, "struct mm_struct *", run.mm)
         try:
-            for i in range(len(vmas.start)):
-                v = _vma(prog, vmas, i, mm_obj, layout)
-                p.vmas.append(v)
-                pfns, addresses = _present(mm_obj, v, layout.page_size)
-                if not len(pfns):
-                    continue
-                if v.flags & hugetlb:  # huge pages: no anonymous memory to the kernel's counters
-                    v.hugetlb = len(pfns)
-                    continue
-                try:
-                    mapping, readable = look.page_mappings(pfns, heads=True)
-                except HELPER_LIMITS as e:
-                    raise _Unreadable(f"drgn's pfn_to_page() cannot run on this kernel ({e}): "
-                                      f"which pages are anonymous cannot be read") from None
-                is_zero = pfns == np.uint64(zero) if zero is not None else np.zeros(len(pfns), bool)
-                anon = readable & ((mapping & np.uint64(1)) != 0)
-                if not v.mergeable:
-                    v.resident = int(np.count_nonzero(anon & ~is_zero))
-                    continue
-                k = np.minimum(np.searchsorted(sorted_pages, addresses), max(len(rows) - 1, 0))
-                has = (sorted_pages[k] == addresses) if len(rows) else np.zeros(len(pfns), bool)
-                row = np.where(has, rows[order_of[k]] if len(rows) else 0, -1)
-                seen[order_of[k[has]]] = True
-                v.resident = int(np.count_nonzero(anon & ~is_zero))
-                _classify(c, v, p, row, anon, is_zero, mapping, dups, addresses, ahead_from)
+            seen.mm(p, run, ahead_from)
         except _Unreadable as e:
             p.cannot_tell = str(e)
-        for state, n in zip(*np.unique(c.state[rows[~seen]], return_counts=True)):
+        yield p
+
+
+class _Unreadable(Exception):
+    pass
+
+
+@dataclass
+class _Seen:
+    """What explain reads once for every mm: the layout, the lookups, the
+    collection, the dups' addresses, the zero page's pfn."""
+
+    layout: object
+    look: object
+    c: object
+    dups: set
+    zero: Optional[int]
+
+    def mm(self, p: ProcessPages, run, ahead_from: Optional[int]) -> None:
+        """*p*'s VMAs and pages: its rmap_items (rows *run* of the
+        collection) matched with what its page tables map."""
+        vmas = self.look.vmas(run.mm)
+        if vmas is None:
+            raise _Unreadable(self.look.why.get("vmas"))
+        rows = np.arange(run.start, run.stop)
+        item_pages = self.c.page_address(rows)
+        order_of = np.argsort(item_pages, kind="stable")
+        sorted_pages = item_pages[order_of]
+        found = np.zeros(len(rows), bool)  # items with a page mapped where they say
+        mm = drgn.Object(self.c.w.prog, "struct mm_struct *", run.mm)
+        for i in range(len(vmas.start)):
+            v = _vma(self.c.w.prog, vmas, i, mm, self.layout)
+            p.vmas.append(v)
+            pfns, addresses = _present(mm, v, self.layout.page_size)
+            if not len(pfns):
+                continue
+            if v.flags & dict(self.layout.vm_untouchable).get("hugetlb", 0):
+                v.hugetlb = len(pfns)  # no anonymous memory to the kernel's counters
+                continue
+            anon, is_zero, mapping = self._anonymous(pfns)
+            v.resident = int(np.count_nonzero(anon & ~is_zero))
+            if not v.mergeable:
+                continue
+            k = np.minimum(np.searchsorted(sorted_pages, addresses), max(len(rows) - 1, 0))
+            has = (sorted_pages[k] == addresses) if len(rows) else np.zeros(len(pfns), bool)
+            row = np.where(has, rows[order_of[k]] if len(rows) else 0, -1)
+            found[order_of[k[has]]] = True
+            _classify(self.c, v, p, row, anon, is_zero, mapping, self.dups, addresses, ahead_from)
+        for state, n in zip(*np.unique(self.c.state[rows[~found]], return_counts=True)):
             p.items_without_page[_STATE_NAMES[int(state)]] += int(n)
         for v in p.vmas:
             p.pages.update(v.pages)
-        yield p
+
+    def _anonymous(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which of *pfns* are anonymous pages, which the zero page, and
+        their (head's) mapping."""
+        from ksminspect.errors import HELPER_LIMITS
+
+        try:
+            mapping, readable = self.look.page_mappings(pfns, heads=True)
+        except HELPER_LIMITS as e:
+            raise _Unreadable(f"drgn's pfn_to_page() cannot run on this kernel ({e}): which "
+                              f"pages are anonymous cannot be read") from None
+        is_zero = pfns == np.uint64(self.zero) if self.zero is not None else np.zeros(len(pfns), bool)
+        return readable & ((mapping & np.uint64(1)) != 0), is_zero, mapping
 
 
 _STATE_NAMES = {0: ItemState.NONE.value, 1: ItemState.UNSTABLE.value, 2: ItemState.STABLE.value,
@@ -219,10 +240,6 @@ def _classify(c, v: VmaPages, p: ProcessPages, row: np.ndarray, anon: np.ndarray
     v.pages["never_scanned"] += int(np.count_nonzero(never))
     if ahead_from is not None:
         p.ahead += int(np.count_nonzero(never & (addresses >= np.uint64(ahead_from))))
-
-
-class _Unreadable(Exception):
-    pass
 
 
 def _present(mm: drgn.Object, v: VmaPages, page_size: int) -> tuple[np.ndarray, np.ndarray]:

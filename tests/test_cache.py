@@ -43,3 +43,22 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch) -> None:
     cleared = run_cli("cache", "clear")
     assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stderr
     assert not os.listdir(tmp_path / "cache")
+
+
+def test_decompressing_shows_its_progress_on_a_terminal(tmp_path, monkeypatch, capsys) -> None:
+    """A dump takes minutes to decompress: on a terminal, stderr shows how
+    far it is; elsewhere nothing (pure file handling, no dump needed)."""
+    import random
+
+    from ksminspect.program import decompressed
+
+    monkeypatch.setenv("KSMINSPECT_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "vmcore.gz"
+    with gzip.open(src, "wb", compresslevel=1) as f:
+        f.write(random.Random(1).randbytes(4_000_000))  # incompressible: many reads
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    out = decompressed(str(src))
+    assert os.path.getsize(out) == 4_000_000
+    err = capsys.readouterr().err
+    assert "ksminspect: decompressing" in err and "ksminspect: 100% of 4 MB read\n" in err
+    assert err.count("\r") > 2

@@ -149,3 +149,19 @@ def test_explain_shows_each_share_as_the_workload_made_it() -> None:
         pids = {pr["pid"] for pr in dump.processes if pr.get("cgroup") == cgroup}
         shown = [q for q in groups["processes"] if q["pid"] in pids]
         assert by_name[cgroup]["processes"] == len(shown) > 0
+
+
+def test_explain_filters_by_cgroup_and_says_when_nothing_matched() -> None:
+    from conftest import DUMPS
+
+    dump = next((d for d in DUMPS if d.name == "6.12-explain"), None)
+    if dump is None:
+        pytest.skip("vmcores/6.12-explain is not here")
+    for cgroup in ("/vm-a", "/vm-b"):
+        want = {p["pid"] for p in dump.processes if p.get("cgroup") == cgroup}
+        got = {p["pid"] for p in explain_json(dump, "--cgroup", cgroup)["processes"]}
+        assert got == want and want
+    for args, sentence in ((["--cgroup", "/vm"], "no process of ksm_mm_head in cgroup /vm"),
+                           (["--pid", "1"], "process 1: not on ksm_mm_head (KSM does not scan it)")):
+        result = run_on(dump, "explain", *args)
+        assert result.exit_code == 0 and result.stderr == f"ksminspect: nothing matched: {sentence}\n"
