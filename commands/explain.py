@@ -93,7 +93,7 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
       sudo ksminspect explain --by cgroup --format json
     """
     from ksminspect.counters import read_tunables
-    from ksminspect.explain import STATES, advice, explain, scan_pace
+    from ksminspect.explain import STATES, advice, explain, metadata, scan_pace
     from ksminspect.layout import get_layout
 
     prog = app.prog
@@ -111,6 +111,7 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
                       for p in processes],
         "cgroups": [{"cgroup": name, "processes": t.pop("processes"), "pages": dict(t)}
                     for name, t in cgroup_totals(processes).items()] if by == "cgroup" else None,
+        "metadata": metadata(prog),
         "scan": {"run": pace.run, "pages_to_scan": pace.pages_to_scan,
                  "sleep_millisecs": pace.sleep_millisecs, "full_scan_pages": pace.pages,
                  "full_scan_seconds": pace.seconds},
@@ -143,6 +144,9 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
             for line in advice(p, pace, sharing):
                 echo_wrapped(f"  - {line}")
             click.echo()
+        m = data["metadata"]
+        echo_wrapped(f"metadata: {m['rmap_items']} rmap_items ({m['rmap_item_bytes'] / 1024:.0f} KB), "
+                     f"{m['stable_nodes']} stable nodes ({m['stable_node_bytes'] / 1024:.0f} KB)")
         if pace.seconds is not None:
             echo_wrapped(f"scan: about {pace.pages} pages a full scan, pages_to_scan "
                          f"{pace.pages_to_scan}, sleep_millisecs {pace.sleep_millisecs}"

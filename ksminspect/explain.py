@@ -337,6 +337,17 @@ def scan_pace(prog: drgn.Program, processes: list[ProcessPages]) -> ScanPace:
     return ScanPace(number("run"), number("pages_to_scan"), number("sleep_millisecs"), shown + others)
 
 
+def metadata(prog: drgn.Program) -> dict[str, int]:
+    """What KSM's own objects take: every rmap_item on the rmap_lists and
+    every stable node (chains and dups included), in bytes."""
+    from ksminspect.layout import get_layout
+    from ksminspect.session import session
+
+    layout, c = get_layout(prog), session(prog).collect("stable_trees")
+    return {"rmap_items": c.walked, "rmap_item_bytes": c.walked * layout.rmap_item.size,
+            "stable_nodes": len(c.nodes), "stable_node_bytes": len(c.nodes) * layout.stable_node.size}
+
+
 def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"

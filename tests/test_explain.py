@@ -36,6 +36,13 @@ def test_pages_by_state_add_up_to_the_kernels_counters(dump: Dump) -> None:
         task_rss = None  # drgn before 0.0.26
     told = [p for p in data["processes"] if p["cannot_tell"] is None]
     assert told, data
+    # KSM's own objects, as the kernel counts them
+    from ksminspect.counters import read_counters
+
+    counted = read_counters(program_of(dump)).get("rmap_items")
+    assert counted is None or data["metadata"]["rmap_items"] == counted
+    nodes = int(dump.sysfs["pages_shared"]) + int(dump.sysfs.get("stable_node_chains", 0))
+    assert data["metadata"]["stable_nodes"] >= nodes
     for p in told:
         pages = {k: v["pages"] for k, v in p["pages"].items()}
         assert sum(pages.values()) == p["total"]
