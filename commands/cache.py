@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from .records import utc
 from .render import emit, emit_table, format_option
 
 
@@ -36,11 +37,10 @@ def cache_command(action: str, fmt: str) -> None:
         click.echo(f"ksminspect: removed {len(held)} entries ({total / 1e9:.1f} GB) from {cache_dir()}",
                    err=True)
         return
-    import time
 
     data = {"directory": cache_dir(), "bytes": total, "max_bytes": max_bytes(),
             "entries": [{"name": os.path.basename(e.path), "bytes": e.size,
-                         "used": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.used))} for e in held]}
+                         "used": utc(e.used)} for e in held]}
 
     def table() -> None:
         emit_table([[os.path.basename(e.path), f"{e.size / 1e6:.1f}", age(e)] for e in held],

@@ -8,9 +8,9 @@ from typing import Any, Optional
 
 import click
 
-from ksminspect.errors import KsmInspectError
+from ksminspect.errors import CannotTell
 
-from .params import PID, require_process, say_nothing_matched
+from .params import PID, require_process, say_not_scanned, say_nothing_matched
 from .records import hexaddr
 from .render import echo_wrapped, emit, emit_table, format_option, progress
 
@@ -19,8 +19,8 @@ def _shares(counts: dict[str, int], whole: int) -> dict[str, Any]:
     return {k: {"pages": n, "share": round(n / whole, 4) if whole else 0.0} for k, n in counts.items()}
 
 
-def process_json(p, pace, max_page_sharing, item_size: int, by_vma: bool) -> dict[str, Any]:
-    from ksminspect.explain import STATES, advice
+def process_json(p, said: list[str], item_size: int, by_vma: bool) -> dict[str, Any]:
+    from ksminspect.explain import STATES
 
     whole = p.total
     out = {
@@ -36,7 +36,7 @@ def process_json(p, pace, max_page_sharing, item_size: int, by_vma: bool) -> dic
         "rmap_items_without_page": dict(p.items_without_page),
         "ksm_stat": p.ksm_stat,
         "metadata_bytes": p.rmap_items * item_size,
-        "advice": advice(p, pace, max_page_sharing),
+        "advice": said,
         "cannot_tell": p.cannot_tell,
     }
     if by_vma:
@@ -101,16 +101,18 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
     processes = [p for p in progress(explain(prog, pid), "processes")
                  if cgroup is None or _within(p.cgroup, cgroup)]
     if processes and all(p.cannot_tell for p in processes):  # nothing to show: one sentence, exit 2
-        raise KsmInspectError(f"cannot tell: {processes[0].cannot_tell}")
+        raise CannotTell(processes[0].cannot_tell)
     pace = scan_pace(prog, processes)
     tunables = read_tunables(prog)
-    sharing = tunables.get("max_page_sharing")
+    said = [advice(p, pace, tunables.get("max_page_sharing")) for p in processes]
     has_memcg = any(p.cgroup is not None for p in processes)
+    groups = cgroup_totals(processes) if by == "cgroup" else {}
     data = {
-        "processes": [process_json(p, pace, sharing, get_layout(prog).rmap_item.size, by == "vma")
-                      for p in processes],
-        "cgroups": [{"cgroup": name, "processes": t.pop("processes"), "pages": dict(t)}
-                    for name, t in cgroup_totals(processes).items()] if by == "cgroup" else None,
+        "processes": [process_json(p, lines, get_layout(prog).rmap_item.size, by == "vma")
+                      for p, lines in zip(processes, said)],
+        "cgroups": [{"cgroup": name, "processes": t["processes"],
+                     "pages": {k: n for k, n in t.items() if k != "processes"}}
+                    for name, t in groups.items()] if by == "cgroup" else None,
         "metadata": metadata(prog),
         "scan": {"run": pace.run, "pages_to_scan": pace.pages_to_scan,
                  "sleep_millisecs": pace.sleep_millisecs, "full_scan_pages": pace.pages,
@@ -123,10 +125,10 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
             if not has_memcg:
                 click.echo("this kernel has no memory cgroups (CONFIG_MEMCG): one row for all", err=True)
             emit_table([[name, t["processes"]] + [t[s] for s in STATES] + [t["not_mergeable"]]
-                        for name, t in cgroup_totals(processes).items()],
+                        for name, t in groups.items()],
                        ["cgroup", "processes"] + headers[2:], wrap=["cgroup"])
             return
-        for p in processes:
+        for p, lines in zip(processes, said):
             whole = p.total
             cells = [_cell(p.pages[s], whole) for s in STATES] + [_cell(p.not_mergeable, whole)]
             echo_wrapped(f"pid {p.pid} {p.comm or '?'}" + (f"  cgroup {p.cgroup}" if p.cgroup else "")
@@ -141,7 +143,7 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
                            wrap=["pages"], shrink=["name"])
             else:
                 emit_table([cells], headers[2:])
-            for line in advice(p, pace, sharing):
+            for line in lines:
                 echo_wrapped(f"  - {line}")
             click.echo()
         m = data["metadata"]
@@ -159,9 +161,10 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
             why.setdefault(p.cannot_tell, []).append(f"pid {p.pid}" if p.pid is not None else f"mm {p.mm:#x}")
     for sentence, who in why.items():
         click.echo(f"ksminspect: cannot tell for {', '.join(who)}: {sentence}", err=True)
-    if not processes and (pid is not None or cgroup is not None):
-        say_nothing_matched(f"process {pid}: not on ksm_mm_head (KSM does not scan it)"
-                            if pid is not None else f"no process of ksm_mm_head in cgroup {cgroup}")
+    if not processes and pid is not None:
+        say_not_scanned(f"process {pid}")
+    elif not processes and cgroup is not None:
+        say_nothing_matched(f"no process of ksm_mm_head in cgroup {cgroup}")
 
 
 def _within(path: Optional[str], cgroup: str) -> bool:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import click
 
-from .params import PID, limit_option, require_process, say_limited, say_nothing_matched
+from .params import PID, limit_option, require_process, say_limited, say_not_scanned
 from .records import cursor_json, mm_slot_json
 from .render import (echo_wrapped, emit, emit_table, fail_if_walk_found_nothing, format_option, progress,
                      say_damage)
@@ -93,4 +93,4 @@ def mm_command(app, pid: Optional[int], sort: Optional[str], limit: Optional[int
                                bool(damage) or any(s.damage for s in slots))
     say_limited(len(shown), matched, "mms")
     if pid is not None and not shown:
-        say_nothing_matched(f"process {pid}: not on ksm_mm_head (KSM does not scan it)")
+        say_not_scanned(f"process {pid}")

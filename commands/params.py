@@ -87,3 +87,8 @@ def say_limited(shown: int, total: int, what: str) -> None:
 def say_nothing_matched(what: str) -> None:
     """After the (empty) output, on stderr: what the filters left nothing of."""
     click.echo(f"ksminspect: nothing matched: {what}", err=True)
+
+
+def say_not_scanned(who: str) -> None:
+    """A --pid or --mm whose mm is not on ksm_mm_head, said as nothing matched."""
+    say_nothing_matched(f"{who}: not on ksm_mm_head (KSM does not scan it)")

@@ -38,6 +38,13 @@ def json_int(value: int | None) -> str:
     return "null" if value is None else "%d" % value
 
 
+def utc(seconds: Optional[float] = None) -> str:
+    """A time as the schema's "time" (UTC, to the second); now by default."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def document(name: str, data: dict[str, Any]) -> dict[str, Any]:
     """A command's JSON document: *data* under the schema version and the
     document's name (its $defs entry in schema.json)."""

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional
 import click
 
 from .params import (HEX, NID, PID, limit_option, require_process, require_tree, say_limited,
-                     say_nothing_matched)
+                     say_not_scanned, say_nothing_matched)
 from .records import damage_json, document, fields_text, item_json
 from .render import (JsonArray, emit, emit_json, emit_table, fail_if_walk_found_nothing, format_option,
                      progress, say_damage)
@@ -87,7 +87,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
         who = " and ".join(part for part in (f"process {pid}" if pid is not None else "",
                                               f"mm {mm_addr:#x}" if mm_addr is not None else "") if part)
         if who and not mms[0]:
-            say_nothing_matched(f"{who}: not on ksm_mm_head (KSM does not scan it)")
+            say_not_scanned(who)
         else:
             say_nothing_matched(f"no {state + ' ' if state else ''}rmap_items"
                                 + (f" in {who}" if who else ""))

@@ -4,13 +4,12 @@ changed between two snapshots (around a selftest run, say)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import click
 
 from .records import (SCHEMA_VERSION, cursor_json, document, finding_json, item_template, mm_slot_json,
-                      node_text)
+                      node_text, utc)
 from .render import JsonArray, echo_wrapped, emit, emit_json, emit_table, format_option
 
 
@@ -66,7 +65,7 @@ def take_snapshot(app) -> dict[str, Any]:
     return document("snapshot", {
         "kernel_release": kernel_release(prog),
         "live": app.live,
-        "taken": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock)),
+        "taken": utc(clock),
         "clock": "host" if clock is None else "kernel",
         "counters": read_counters(prog),
         "tunables": read_tunables(prog),

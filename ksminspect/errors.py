@@ -16,6 +16,14 @@ class KsmInspectError(Exception):
     exit_code = EXIT_CANNOT_INSPECT
 
 
+class CannotTell(KsmInspectError):
+    """A drgn helper or the dump cannot answer: "cannot tell: REASON"."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"cannot tell: {reason}")
+        self.reason = reason
+
+
 class NoKsmError(KsmInspectError):
     """The kernel was built without CONFIG_KSM."""
 

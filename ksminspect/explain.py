@@ -30,6 +30,7 @@ import drgn
 import numpy as np
 
 from ksminspect.decode import ItemState
+from ksminspect.errors import HELPER_LIMITS, CannotTell
 
 STATES = ("merged", "zero", "unstable", "volatile", "skipped", "never_scanned")
 
@@ -116,9 +117,9 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
     from ksminspect.scan import read_scan_cursor
     from ksminspect.session import session
 
-    c = session(prog).collect("stable_trees")
-    seen = _Seen(get_layout(prog), Lookups(prog, c.w), c,
-                 set(c.nodes.address[c.nodes.kind == DUP].tolist()), zero_pfn(prog))
+    c, layout = session(prog).collect("stable_trees"), get_layout(prog)
+    seen = _Seen(layout, Lookups(prog, c.w), c, set(c.nodes.address[c.nodes.kind == DUP].tolist()),
+                 zero_pfn(prog), dict(layout.vm_untouchable).get("hugetlb", 0))
     cursor = read_scan_cursor(prog)
     at = next((i for i, run in enumerate(c.runs) if run.slot == cursor.mm_slot), None)
     for order, run in enumerate(c.runs):
@@ -135,32 +136,29 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
             ahead_from = cursor.address
         try:
             seen.mm(p, run, ahead_from)
-        except _Unreadable as e:
-            p.cannot_tell = str(e)
+        except CannotTell as e:
+            p.cannot_tell = e.reason
         yield p
-
-
-class _Unreadable(Exception):
-    pass
 
 
 @dataclass
 class _Seen:
     """What explain reads once for every mm: the layout, the lookups, the
-    collection, the dups' addresses, the zero page's pfn."""
+    collection, the dups' addresses, the zero page's pfn, VM_HUGETLB."""
 
     layout: object
     look: object
     c: object
     dups: set
     zero: Optional[int]
+    vm_hugetlb: int
 
     def mm(self, p: ProcessPages, run, ahead_from: Optional[int]) -> None:
         """*p*'s VMAs and pages: its rmap_items (rows *run* of the
         collection) matched with what its page tables map."""
         vmas = self.look.vmas(run.mm)
         if vmas is None:
-            raise _Unreadable(self.look.why.get("vmas"))
+            raise CannotTell(self.look.why.get("vmas", f"the VMAs of mm {run.mm:#x} cannot be read"))
         rows = np.arange(run.start, run.stop)
         item_pages = self.c.page_address(rows)
         order_of = np.argsort(item_pages, kind="stable")
@@ -173,7 +171,7 @@ class _Seen:
             pfns, addresses = _present(mm, v, self.layout.page_size)
             if not len(pfns):
                 continue
-            if v.flags & dict(self.layout.vm_untouchable).get("hugetlb", 0):
+            if v.flags & self.vm_hugetlb:
                 v.hugetlb = len(pfns)  # no anonymous memory to the kernel's counters
                 continue
             anon, is_zero, mapping = self._anonymous(pfns)
@@ -193,13 +191,11 @@ class _Seen:
     def _anonymous(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Which of *pfns* are anonymous pages, which the zero page, and
         their (head's) mapping."""
-        from ksminspect.errors import HELPER_LIMITS
-
         try:
             mapping, readable = self.look.page_mappings(pfns, heads=True)
         except HELPER_LIMITS as e:
-            raise _Unreadable(f"drgn's pfn_to_page() cannot run on this kernel ({e}): which "
-                              f"pages are anonymous cannot be read") from None
+            raise CannotTell(f"drgn's pfn_to_page() cannot run on this kernel ({e}): which "
+                             f"pages are anonymous cannot be read") from None
         is_zero = pfns == np.uint64(self.zero) if self.zero is not None else np.zeros(len(pfns), bool)
         return readable & ((mapping & np.uint64(1)) != 0), is_zero, mapping
 
@@ -244,25 +240,14 @@ def _classify(c, v: VmaPages, p: ProcessPages, row: np.ndarray, anon: np.ndarray
 
 def _present(mm: drgn.Object, v: VmaPages, page_size: int) -> tuple[np.ndarray, np.ndarray]:
     """The pfns mapped in *v* and their addresses, by its page tables."""
-    from drgn.helpers.linux.mm import follow_pfn
-
-    from ksminspect.errors import HELPER_LIMITS
+    from ksminspect.page import follow_page_frame
 
     pfns, addresses = [], []
     for address in range(v.start, v.end, page_size):
-        try:
-            pfns.append(follow_pfn(mm, address).value_())
-        except drgn.FaultError as e:
-            if e.address == address:
-                continue  # not mapped
-            raise _Unreadable(f"the page tables of {v.start:#x}-{v.end:#x} cannot be read "
-                              f"({e})") from None
-        except ValueError:
-            continue
-        except HELPER_LIMITS as e:
-            raise _Unreadable(f"drgn's follow_pfn() cannot walk this kernel's page tables "
-                              f"({e})") from None
-        addresses.append(address)
+        pfn = follow_page_frame(mm, address)
+        if pfn is not None:
+            pfns.append(pfn)
+            addresses.append(address)
     return np.array(pfns, np.uint64), np.array(addresses, np.uint64)
 
 

@@ -9,7 +9,7 @@ import drgn
 from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
 
 from ksminspect.decode import RmapItem
-from ksminspect.errors import HELPER_LIMITS, KsmInspectError
+from ksminspect.errors import HELPER_LIMITS, CannotTell, KsmInspectError
 from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
 from ksminspect.program import dump_description
@@ -22,8 +22,7 @@ def _drgn_helper(helper, *args):
     try:
         return helper(*args)
     except HELPER_LIMITS as e:
-        raise KsmInspectError(f"cannot tell: drgn's {helper.__name__}() cannot run on this "
-                              f"kernel ({e})") from None
+        raise CannotTell(f"drgn's {helper.__name__}() cannot run on this kernel ({e})") from None
 
 
 @dataclass
@@ -44,17 +43,17 @@ class PageReport:
         return self.stable_node is not None
 
 
-def _follow_pfn(mm: drgn.Object, address: int) -> Optional[int]:
+def follow_page_frame(mm: drgn.Object, address: int) -> Optional[int]:
     """The pfn *address* maps to in *mm*, None where it maps none. A fault
     at another address than *address* is a page table the dump does not
-    hold (or this drgn cannot find): cannot tell, not "unmapped"."""
+    hold (or this drgn cannot find): CannotTell, not "unmapped"."""
     try:
         return _drgn_helper(follow_pfn, mm, address).value_()
     except drgn.FaultError as e:
         if e.address == address:
             return None
-        raise KsmInspectError(f"cannot tell whether {address:#x} is mapped: the page tables "
-                              f"that would say cannot be read ({e})") from None
+        raise CannotTell(f"the page tables that would say whether {address:#x} is mapped cannot "
+                         f"be read ({e})") from None
     except ValueError:
         return None
 
@@ -135,7 +134,7 @@ def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapI
         for item in items:
             if item.page_address != address:
                 continue
-            mapped = _follow_pfn(drgn.Object(prog, "struct mm_struct *", mm), address)
+            mapped = follow_page_frame(drgn.Object(prog, "struct mm_struct *", mm), address)
             if mapped == pfn:
                 found.append(item)
     return found
@@ -164,7 +163,7 @@ def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
         raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")
     page_address = address & walker(prog).layout.page_mask
     items = _items_at(prog, mm, page_address)
-    pfn = _follow_pfn(task.mm, page_address)
+    pfn = follow_page_frame(task.mm, page_address)
     if pfn is None:
         report = PageReport(-1, 0, 0, None, None, None, items)
     else:
