@@ -97,7 +97,10 @@ for k in $kernels; do
     $objcopy --only-keep-debug "$WORK/build/$k/vmlinux.dwz" "$WORK/build/$k/vmlinux.debug"
     xz -T2 -9e -c "$WORK/build/$k/vmlinux.debug" >"$dst"
 done
-# The live test boots this kernel.
-[ -f "$WORK/build/6.12/bzImage" ] && cp "$WORK/build/6.12/bzImage" "$here/kernels/6.12/bzImage"
+# The live tests boot these kernels (tests/test_live.py, tests/test_live_seed.py)
+# with the debug info above: the same build (scripts/build-kernel.sh, builds.tsv).
+for k in 6.12 7.2-seed; do
+    if [ -f "$WORK/build/$k/bzImage" ]; then cp "$WORK/build/$k/bzImage" "$here/kernels/$k/bzImage"; fi
+done
 echo "make-all: done in $(( $(date +%s) - start )) s"
 du -sh "$here"

@@ -20,10 +20,12 @@ ksminspect() { "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" "$@"; }
 
 section() {  # section NAME COMMAND...: stdout framed by markers with the exit code
     name=$1; shift
+    t0=$(cut -d' ' -f1 /proc/uptime)
     echo "KSMI-BEGIN $name"
     "$@" 2>/run/stderr
     echo "KSMI-END $name rc=$?"
     sed "s/^/KSMI-STDERR $name: /" /run/stderr
+    echo "KSMI-TIME $name $t0 $(cut -d' ' -f1 /proc/uptime)"  # uptime in s at start and end
 }
 
 section snapshot-before ksminspect snapshot /run/before.json
@@ -68,7 +70,11 @@ echo 1000 >$ksm/pages_to_scan
 i=0
 until [ "$(cat $ksm/pages_sharing)" -gt 6000 ] || [ $i -ge 300 ]; do sleep 1; i=$((i + 1)); done
 echo "KSMI-CHURN after ${i}s: pages_shared $(cat $ksm/pages_shared) pages_sharing $(cat $ksm/pages_sharing)"
-section churn-check ksminspect check --format json
+# check again and again while the pages move (each run under TCG: see the
+# KSMI-TIME lines), so that a walk that trips over the motion shows up
+for n in 1 2 3 4 5 6 7 8 9 10; do
+    section churn-check-$n ksminspect check --format json
+done
 section churn-summary ksminspect summary --format json
 section churn-stable-tree ksminspect stable-tree --format json
 echo "KSMI-DONE full_scans $(cat $ksm/full_scans)"

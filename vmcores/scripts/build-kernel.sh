@@ -3,7 +3,8 @@
 # from Debian's linux-source-SOURCE (unpacked by fetch-sources.sh) into
 # $WORK/build/NAME/{vmlinux,bzImage|Image}. A patch is applied to a copy of
 # the tree; the config is `make tinyconfig`, then scripts/kernel.config, then
-# the line's own KEY=VALUE options.
+# the line's own KEY=VALUE options. The build's time and number come from
+# vmcores/builds.tsv (see below).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 WORK=${WORK:-/var/tmp/ksminspect-build}
@@ -55,8 +56,61 @@ for kv in $([ "$config" = - ] || echo "$config"); do
         *) grep -qx "CONFIG_$kv" "$out/.config" ;;
     esac || { echo "CONFIG_$kv not honoured in $name" >&2; exit 1; }
 done
+# Reproducible: the Build ID of vmlinux (a hash of all of it) depends on the
+# build's time, number, user and host: they are in the banner and in the
+# mtimes of the built-in initramfs. The committed debug info and every dump
+# made with a kernel belong to one build, and an image built again (the live
+# tests boot kernels/NAME/bzImage with that debug info) must be that very
+# build, or drgn would pair memory with the wrong symbols. So vmcores/
+# builds.tsv records each kernel's values and Build ID, checked below; the
+# same sources, paths ($WORK) and compiler are needed too.
+builds=$here/../builds.tsv
+IFS=$'\t' read -r stamp number cpio_mtime build_id < <(awk -F'\t' -v n="$name" \
+    '!/^#/ && $1 == n {print $2 "\t" $3 "\t" $4 "\t" $5}' "$builds") || true
+if [ -z "${stamp:-}" ]; then  # a new kernel: its values, from now on
+    stamp=$(LC_ALL=C date -u '+%a %b %e %H:%M:%S UTC %Y') number=1 cpio_mtime=- build_id=new
+fi
+export KBUILD_BUILD_USER=root KBUILD_BUILD_HOST=vm
+kbuild() {
+    make -s -C "$src" O="$out" "${kmake[@]}" -j"$(nproc)" "$image" KCFLAGS="-Wno-error" 2>&1 |
+        grep -v -i warning | tail -20 || true
+}
 start=$(date +%s)
-make -s -C "$src" O="$out" "${kmake[@]}" -j"$(nproc)" "$image" KCFLAGS="-Wno-error" 2>&1 | grep -v -i warning | tail -20 || true
+if [ "$cpio_mtime" = - ]; then
+    # Kernels built since builds.tsv: the kernel's own variables fix it all.
+    KBUILD_BUILD_TIMESTAMP=$stamp KBUILD_BUILD_VERSION=$number kbuild
+else
+    # The kernels committed before it were built without those variables:
+    # the banner took `date` of the last make run and the count of make runs
+    # in the build directory (.version), the initramfs the time it was
+    # written, and 6.1+'s init/version.o a banner without either ("# SMP "),
+    # as the variables would not leave it. So: a `date` that answers the
+    # recorded time, two runs, and before the second, the initramfs written
+    # with its recorded mtime and .version one short of the build number.
+    if [ "$cpio_mtime" = '?' ]; then
+        echo "build-kernel.sh: the initramfs mtime of $name is unknown (builds.tsv):" \
+             "this build cannot be the committed one" >&2
+        cpio_mtime=$(date -u -d "$stamp" +%s)
+    fi
+    shim=$out/.build-date
+    mkdir -p "$shim"
+    printf '#!/bin/sh\n[ $# -eq 0 ] && exec echo "%s"\nexec %s "$@"\n' "$stamp" "$(command -v date)" >"$shim/date"
+    chmod +x "$shim/date"
+    (unset KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_VERSION; export PATH=$shim:$PATH
+     kbuild
+     (cd "$out" && sh "$src/usr/gen_initramfs.sh" -o usr/initramfs_data.cpio -d "@$cpio_mtime" \
+         "$src/usr/default_cpio_list")
+     echo $((number - 1)) >"$out/.version"
+     kbuild)
+fi
 test -f "$out/$built"
 cp "$out/$built" "$out/$image"
+got=$(readelf -n "$out/vmlinux" | awk '/Build ID:/ {print $3; exit}')
+if [ "$build_id" = new ]; then
+    printf '%s\t%s\t%s\t-\t%s\n' "$name" "$stamp" "$number" "$got" >>"$builds"
+    echo "$name: recorded in $builds (commit it with the kernel's debug info)"
+elif [ "$got" != "$build_id" ]; then
+    echo "build-kernel.sh: $name built with Build ID $got, not $build_id of $builds:" \
+         "not the build of the committed debug info and dumps (other sources or compiler?)" >&2
+fi
 echo "$name built in $(( $(date +%s) - start )) s"
