@@ -20,8 +20,18 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KSMINSPECT = Path(sys.executable).parent / "ksminspect"
-COMMANDS = [["summary"], ["mm"], ["stable-tree", "--format", "json"], ["snapshot", "-"],
+COMMANDS = [["summary"], ["mm"], ["rmap", "--format", "json"], ["stable-tree", "--format", "json"],
+            ["unstable-tree", "--format", "json"], ["page", "{kpfn}"], ["snapshot", "-"],
             ["check", "--format", "json"], ["explain", "--format", "json"]]
+
+
+def a_kpfn(vmcore: Path, vmlinux: str) -> str:
+    """A KSM page of the dump, for `page` (the first stable node's kpfn)."""
+    out = subprocess.run([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, "stable-tree", "--limit", "1",
+                          "--format", "json"], capture_output=True, text=True).stdout
+    tree = json.loads(out)
+    node = next(n for t in tree["trees"] for n in t["nodes"])
+    return (node["dups"][0] if node["dups"] else node)["kpfn"]
 
 
 def measure(argv: list[str], repeat: int = 1) -> tuple[float, float]:
@@ -47,7 +57,7 @@ def walk_rate(vmcore: str, debug: str) -> tuple[int, float]:
     from ksminspect.program import open_program
     from ksminspect.walk import walker
 
-    w = walker(open_program(vmcore, [debug]))
+    w = walker(open_program(vmcore, [debug]))  # the primitives alone
     for _ in range(2):
         start, found = time.perf_counter(), array("Q")
         for slot in w.for_each_mm_slot():
@@ -101,7 +111,8 @@ def main() -> None:
         base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux],
                                       args.repeat)
         rows = [("baseline (plain drgn)", base_wall, base_rss)]
-        for cmd in COMMANDS:
+        kpfn = a_kpfn(vmcore, vmlinux)
+        for cmd in ([a.format(kpfn=kpfn) for a in c] for c in COMMANDS):
             wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, *cmd], args.repeat)
             rows.append((" ".join(cmd), wall, rss))
             if cmd[0] == "check":

@@ -103,7 +103,8 @@ def check(app, strict: bool, only: str | None, retries: int, least: str, limit: 
     writes KTAP, the kernel selftests' format: one test per check. On a live
     kernel (KSM moves while it is read) each finding is confirmed by reading
     again what it names; what changed meanwhile is counted, not listed, and
-    what stays is marked transient.
+    what stays keeps its severity (transient where it rests on whole walks).
+    In a dump, a finding resting on memory the dump lacks is "cannot tell".
 
     \b
     Examples:
@@ -111,7 +112,7 @@ def check(app, strict: bool, only: str | None, retries: int, least: str, limit: 
       sudo ksminspect check --strict --format json
       sudo ksminspect check --format ktap     # after tools/testing/selftests/mm
     """
-    from ksminspect.checks import CHECKS, Severity, check_live, run_checks
+    from ksminspect.checks import CHECKS, Severity, run_checks
 
     prog = app.prog
     if only:
@@ -120,7 +121,7 @@ def check(app, strict: bool, only: str | None, retries: int, least: str, limit: 
             raise click.BadParameter(f"unknown check {', '.join(sorted(unknown))}; "
                                      f"known: {', '.join(CHECKS)}", param_hint="--only")
     chosen = only.split(",") if only else None
-    report = check_live(prog, retries, chosen) if app.live else run_checks(prog, only=chosen)
+    report = run_checks(prog, app.live, chosen, retries)
     findings, cannot_tell = report.findings, report.cannot_tell
     counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
     failing = counts["error"] + (counts["warning"] if strict else 0)

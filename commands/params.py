@@ -8,10 +8,10 @@ from typing import Optional
 
 import click
 
+from ksminspect.layout import MAX_NID
+
 # include/linux/threads.h: no pid reaches PID_MAX_LIMIT (4M on 64-bit).
 PID_MAX_LIMIT = 4 * 1024 * 1024
-# include/linux/numa.h: NODES_SHIFT is at most 10.
-MAX_NUMNODES = 1 << 10
 
 
 class Hex(click.ParamType):
@@ -37,7 +37,7 @@ class Hex(click.ParamType):
 
 HEX = Hex()
 PID = click.IntRange(1, PID_MAX_LIMIT - 1)  # pid 0 is the idle task: it has no mm
-NID = click.IntRange(0, MAX_NUMNODES - 1)
+NID = click.IntRange(0, MAX_NID - 1)
 COUNT = click.IntRange(min=0)
 
 

@@ -7,6 +7,8 @@ from typing import Any, Iterator, Optional
 
 import click
 
+import numpy as np
+
 from .params import (HEX, NID, PID, limit_option, require_process, require_tree, say_limited,
                      say_not_scanned, say_nothing_matched)
 from .records import damage_json, document, fields_text, item_json
@@ -17,7 +19,7 @@ from .render import (JsonArray, emit, emit_json, emit_table, fail_if_walk_found_
 @click.command("rmap")
 @click.option("--pid", type=PID, help="Only the mm of process PID.")
 @click.option("--mm", "mm_addr", type=HEX, help="Only the mm at ADDRESS.")
-@click.option("--state", type=click.Choice(["stable", "unstable", "none", "both"]),
+@click.option("--state", type=click.Choice(["stable", "unstable", "none", "both"]),  # STATE_NAMES
               help="Only items in this state (by STABLE_FLAG/UNSTABLE_FLAG).")
 @click.option("--all-fields", is_flag=True,
               help="Also show every union member under the interpretation the state does not mean.")
@@ -36,36 +38,40 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
     Example:
       ksminspect -c vmcore.xz -s vmlinux.debug.xz rmap --pid 42 --state none --all-fields
     """
+    from ksminspect.decode import STATE_NAMES
     from ksminspect.mm import mm_owner
-    from ksminspect.walk import RmapLists, walker
+    from ksminspect.session import session
 
     prog = app.prog
     require_process(prog, pid)
-    w = walker(prog)
-    has_offset = w.layout.rmap_item.offset is not None
-    lists = RmapLists(w)
-    walked = [0]  # every item walked, before the filters
+    c = session(prog).collect()
+    has_offset = c.layout.rmap_item.offset is not None
+    damage = c.rmap_list_damage
+    walked = c.walked  # every item walked, before the filters
     mms, shown = [0], [0]  # mms that passed --pid/--mm, items shown
+    wanted = None if state is None else STATE_NAMES.index(state)
 
     def items() -> Iterator[tuple[Any, Any]]:
-        for _, mm, rmap_items in lists:
-            if mm_addr is not None and mm != mm_addr:
+        for run in c.runs:
+            if mm_addr is not None and run.mm != mm_addr:
                 continue
-            owner = mm_owner(prog, mm)
+            owner = mm_owner(prog, run.mm)
             if pid is not None and owner.pid != pid:
                 continue
             mms[0] += 1
-            for item in rmap_items:
-                walked[0] += 1
-                if state is None or item.state.value == state:
-                    shown[0] += 1
-                    if limit is None or shown[0] <= limit:
-                        yield item, owner
+            rows = np.arange(run.start, run.stop)
+            if wanted is not None:
+                rows = rows[c.state[rows] == wanted]
+            shown[0] += len(rows)
+            if limit is not None:
+                rows = rows[:max(limit - (shown[0] - len(rows)), 0)]
+            for item in c.item_records(rows):
+                yield item, owner
 
     if fmt == "json":
         emit_json(document("rmap", {
             "items": JsonArray(json.dumps(item_json(i, o, has_offset, all_fields)) for i, o in items()),
-            "damage": lambda: damage_json(lists.damage)}))  # after the walk that finds it
+            "damage": lambda: damage_json(damage)}))
     else:
         rows = []
         for item, owner in progress(items(), "rmap_items"):
@@ -78,11 +84,11 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
         emit_table(rows, ["item", "pid", "page address", "state", "fields"]
                    + (["other interpretation"] if all_fields else []),
                    wrap=["fields", "other interpretation"])
-        say_damage(prog, lists.damage)
+        say_damage(prog, damage)
     if limit is not None:
         say_limited(min(limit, shown[0]), shown[0], "rmap_items")
     if pid is None and mm_addr is None:
-        fail_if_walk_found_nothing(prog, "rmap_items", walked[0], bool(lists.damage))
+        fail_if_walk_found_nothing(prog, "rmap_items", walked, bool(damage))
     if not shown[0] and (pid, mm_addr, state) != (None, None, None):
         who = " and ".join(part for part in (f"process {pid}" if pid is not None else "",
                                               f"mm {mm_addr:#x}" if mm_addr is not None else "") if part)
@@ -111,29 +117,27 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
       ksminspect -c vmcore.xz -s vmlinux.debug.xz unstable-tree --format json
     """
     from ksminspect.mm import mm_owner
-    from ksminspect.walk import WalkDamage, walker
+    from ksminspect.session import session
 
     prog = app.prog
     require_process(prog, pid)
     require_tree(prog, nid)
-    w = walker(prog)
-    has_offset = w.layout.rmap_item.offset is not None
+    c = session(prog).collect("unstable_trees")
+    layout = c.layout
+    has_offset = layout.rmap_item.offset is not None
+    rows, tree_nids = c.unstable
+    damage = c.damage_of("unstable_trees")
+    walked, matched = len(rows), 0
     trees = []
-    damage = []
-    walked = matched = 0
-    for tree_nid, root in w.unstable_tree_roots():
+    for tree_nid, _ in c.w.unstable_tree_roots():
         if nid is not None and tree_nid != nid:
             continue
-        items = []
-        try:
-            for item in w.for_each_unstable_item(root):
-                walked += 1
-                if pid is None or mm_owner(prog, item.mm).pid == pid:
-                    items.append(item)
-        except WalkDamage as e:
-            damage.append(e.damage)
-        trees.append((tree_nid, items[:limit]))
-        matched += len(items)
+        mine = rows[tree_nids == tree_nid]
+        if pid is not None:
+            mms = c.items["mm"][mine].tolist()
+            mine = mine[np.array([mm_owner(prog, mm).pid == pid for mm in mms], bool)]
+        trees.append((tree_nid, c.item_records(mine[:limit])))
+        matched += len(mine)
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
     cursor = read_scan_cursor(prog)
@@ -156,7 +160,7 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
                          f"{i.oldchecksum:#x}"] + ([] if i.nid is None else [i.nid])
                         for i in items],
                        ["item", "pid", "comm", "page address", "seqnr", "age", "oldchecksum"]
-                       + (["nid"] if w.layout.numa else []), shrink=["comm"])
+                       + (["nid"] if layout.numa else []), shrink=["comm"])
             click.echo()
         say_damage(prog, damage)
 

@@ -14,9 +14,9 @@ from .render import JsonArray, echo_wrapped, emit, emit_json, emit_table, format
 
 
 def take_snapshot(app) -> dict[str, Any]:
-    from ksminspect.checks import check_live, run_checks
+    from ksminspect.checks import run_checks
     from ksminspect.counters import read_counters, read_tunables
-    from ksminspect.decode import ItemState
+    from ksminspect.decode import STATE_NAMES
     from ksminspect.layout import wall_clock
     from ksminspect.mm import for_each_mm_slot, mm_owner
     from ksminspect.program import dump_description, kernel_release
@@ -32,7 +32,6 @@ def take_snapshot(app) -> dict[str, Any]:
     damage: list[str] = []
     slots = []
     c = session(prog).collect("stable_trees")
-    words = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
     try:
         for s in for_each_mm_slot(prog):
             slots.append(mm_slot_json(s, cursor))
@@ -43,7 +42,7 @@ def take_snapshot(app) -> dict[str, Any]:
     def item_texts():
         """Each item's short record, as json.dumps() writes it: a million
         items are no million dicts."""
-        state_words = np.array(words, object)
+        state_words = np.array(STATE_NAMES, object)
         for run in c.runs:
             owner = mm_owner(prog, run.mm)
             item = item_template(owner.pid, owner.comm)
@@ -59,7 +58,7 @@ def take_snapshot(app) -> dict[str, Any]:
             pages.extend(e.dups or [e])
     except WalkDamage as e:
         damage.append(e.damage.sentence())
-    report = check_live(prog) if app.live else run_checks(prog)
+    report = run_checks(prog, app.live)  # the same reads as the items above
     # a dump's own time (the kernel's clock when it was taken), not this run's
     clock = None if app.live else wall_clock(prog)
     return document("snapshot", {

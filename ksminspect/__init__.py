@@ -3,16 +3,16 @@
 The library for drgn scripts (``prog`` is a :class:`drgn.Program`):
 
 - :func:`get_layout` -- the kernel's KSM layout, detected from debug info
-- :func:`walker` -- a :class:`Walker` with the kernel's iterators:
-  ``for_each_mm_slot()``, ``mm_slot()``, ``for_each_rmap_item()``,
-  ``stable_tree_roots()``, ``for_each_stable_node()``,
-  ``for_each_stable_node_dup()``, ``for_each_stable_node_rmap_item()``,
-  ``for_each_migrate_node()``, ``unstable_tree_roots()``,
-  ``for_each_unstable_item()``
-- :class:`RmapItem`, :class:`StableNode` -- decoded records
 - :func:`collection` -- everything the walks reach, as numpy columns
   (:class:`Collection`: item rows, stable nodes and their hlists, unstable
-  trees), read once per session
+  trees, each mm's counters), read once per session: the one way ksminspect
+  reads KSM's objects; ``Collection.item_records(rows)`` makes
+  :class:`RmapItem` records of rows
+- :class:`RmapItem`, :class:`StableNode` -- decoded records (views of a row)
+- :func:`walker` -- the session's :class:`Walker`: the bounded primitives
+  the collection is made of (``list_for_each``, ``follow``,
+  ``rbtree_inorder``, ``for_each_mm_slot``, ``rmap_list``,
+  ``stable_node_hlist``, ``stable_tree_roots``, ``unstable_tree_roots``)
 - :func:`for_each_mm_slot` -- mm slots with owner, counters and items by state
 - :func:`for_each_stable_tree_node` -- stable trees with chains, dups, sharers
 - :func:`read_counters`, :func:`read_tunables`, :func:`walk_counts`
@@ -52,7 +52,8 @@ def collection(prog, *walks: str) -> Collection:
 __all__ = [
     "CHECKS", "CheckReport", "Collection", "Damage", "Finding", "ItemState", "KsmLayout", "MmOwner",
     "MmSlot", "NodeKind", "RmapItem", "ScanCursor", "Severity", "Sharer", "Sharers", "StableNode",
-    "StableTreeNode", "WalkDamage", "Walker", "begin_session", "collection", "for_each_mm_slot", "for_each_stable_tree_node",
+    "StableTreeNode", "WalkDamage", "Walker", "begin_session", "collection", "for_each_mm_slot",
+    "for_each_stable_tree_node",
     "get_layout", "mm_counters", "mm_owner", "open_program", "read_counters", "read_scan_cursor",
     "read_tunables", "run_checks", "vmcoreinfo_in_memory", "dump_platform", "walk_counts", "walker",
 ]

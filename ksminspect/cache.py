@@ -59,7 +59,7 @@ class _Reading(io.FileIO):
             sys.stderr.write(f"\rksminspect: {percent}% of {self._size / 1e6:.0f} MB read")
             sys.stderr.flush()
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: Optional[int] = -1) -> bytes:
         data = super().read(size)
         self._show()
         return data

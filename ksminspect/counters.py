@@ -9,9 +9,9 @@ from typing import Callable, Optional, Union
 
 import drgn
 
-from ksminspect.layout import read_variable
-from ksminspect.mm import mm_counters
-from ksminspect.walk import walker
+from ksminspect.layout import get_layout, read_variable
+from ksminspect.mm import ksm_profit, mm_stat
+
 
 Value = Union[int, str]
 
@@ -75,23 +75,25 @@ def pages_volatile(rmap_items: int, shared: int, sharing: int, unshared: int) ->
     return max(rmap_items - shared - sharing - unshared, 0)
 
 
-def general_profit(sharing: int, zero_pages: Optional[int], rmap_items: int,
-                   page_size: int, rmap_item_size: int) -> int:
-    """general_profit_show() (v6.4; zero pages count since v6.6)."""
-    return (sharing + (zero_pages or 0)) * page_size - rmap_items * rmap_item_size
-
-
 def read_counters(prog: drgn.Program) -> dict[str, int]:
     """The counters of /sys/kernel/mm/ksm (and rmap_items) from the kernel's variables."""
     out = {name: v for name, read in COUNTER_VARIABLES.items() if (v := read(prog)) is not None}
     out["pages_volatile"] = pages_volatile(out["rmap_items"], out["pages_shared"],
                                            out["pages_sharing"], out["pages_unshared"])
     if _has(prog, "general_profit_show"):
-        layout = walker(prog).layout
-        out["general_profit"] = general_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
-                                               out["rmap_items"], layout.page_size,
-                                               layout.rmap_item.size)
+        out["general_profit"] = ksm_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
+                                           out["rmap_items"], get_layout(prog))
     return out
+
+
+def scan_state(prog: drgn.Program) -> tuple:
+    """KSM's global counters and where the scan cursor is, as one value:
+    what changes whenever KSM moves (a finding on a live kernel that read
+    them is confirmed only while they stand still)."""
+    from ksminspect.scan import read_scan_cursor
+
+    cursor = read_scan_cursor(prog)
+    return tuple(sorted(read_counters(prog).items())) + (("cursor", cursor.mm_slot, cursor.address),)
 
 
 def read_tunables(prog: drgn.Program) -> dict[str, Value]:
@@ -155,10 +157,8 @@ class WalkedCounts:
         if "ksm_zero_pages" in counters and self.zero_pages is not None:
             out["ksm_zero_pages"] = self.zero_pages
         if "general_profit" in counters:
-            layout = walker(prog).layout
-            out["general_profit"] = general_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
-                                                   out["rmap_items"], layout.page_size,
-                                                   layout.rmap_item.size)
+            out["general_profit"] = ksm_profit(out["pages_sharing"], out.get("ksm_zero_pages"),
+                                               out["rmap_items"], get_layout(prog))
         return out
 
 
@@ -169,8 +169,8 @@ def walk_counts(prog: drgn.Program) -> WalkedCounts:
 
     c = session(prog).collect("stable_trees")
     counts = WalkedCounts(walked_counts(c, chains=True))
-    for run in c.runs:
-        zero = mm_counters(prog, run.mm).get("ksm_zero_pages")
+    for i in range(len(c.runs)):
+        zero = mm_stat(prog, c.mm_rows[i]).get("ksm_zero_pages")
         if zero is not None:
             counts.zero_pages = (counts.zero_pages or 0) + zero
     counts.damage = c.rmap_list_damage + c.tree_damage

@@ -8,20 +8,36 @@ with bytes alone. Records hold ints, strings and enums.
 from __future__ import annotations
 
 import enum
-import operator
-import struct
 from typing import Any, NamedTuple, Optional
 
 from ksminspect.layout import SEQNR_MASK, STABLE_NODE_CHAIN, KsmLayout, item_flags
 
 
 class ItemState(str, enum.Enum):
-    """Where an rmap_item is, by its flag bits in ``address``."""
+    """Where an rmap_item is, by its flag bits in ``address``: the one
+    vocabulary of item states. Its :attr:`number` is what
+    :func:`~ksminspect.layout.item_flags` makes of the bits."""
 
-    STABLE = "stable"  # STABLE_FLAG: listed from a stable node
-    UNSTABLE = "unstable"  # UNSTABLE_FLAG: a node of the unstable tree
     NONE = "none"  # neither: scanned, but in no tree
+    UNSTABLE = "unstable"  # UNSTABLE_FLAG: a node of the unstable tree
+    STABLE = "stable"  # STABLE_FLAG: listed from a stable node
     BOTH = "both"  # both flags: never valid
+
+    @property
+    def number(self) -> int:
+        return ITEM_STATES.index(self)
+
+    @property
+    def words(self) -> str:
+        """The state in prose ("none" is a word for tables and JSON)."""
+        return "in no tree" if self is ItemState.NONE else self.value
+
+
+# item_flags() -> state: 0 in no tree, 1 unstable, 2 stable, 3 both
+ITEM_STATES = (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)
+NONE, UNSTABLE, STABLE, BOTH = range(4)
+STATE_NAMES = tuple(s.value for s in ITEM_STATES)
+STATE_WORDS = tuple(s.words for s in ITEM_STATES)
 
 
 class NodeKind(str, enum.Enum):
@@ -31,79 +47,6 @@ class NodeKind(str, enum.Enum):
     CHAIN = "chain"  # rmap_hlist_len == STABLE_NODE_CHAIN: holds dups
     DUP = "dup"  # head == STABLE_NODE_DUP_HEAD: a page of a chain
     MIGRATE = "migrate"  # on migrate_nodes, pending placement
-
-
-class _FieldDecoder:
-    """Reads named integer fields of one object layout from bytes at an
-    offset, with as few ``struct`` calls as the layout allows: fields that do
-    not overlap share one precompiled Struct; union members that overlap them
-    (nid over anon_vma, the seed's offset over oldchecksum) take a second.
-    Returns the fields in *names* order (None for a field the layout lacks).
-    """
-
-    def __init__(self, little_endian: bool, names: list[str],
-                 fields: dict[str, tuple[Optional[int], int, bool]]):
-        order = "<" if little_endian else ">"
-        present = sorted(((off, size, signed, name) for name, (off, size, signed)
-                          in fields.items() if off is not None), key=lambda f: (f[0], -f[1]))
-        groups: list[list[tuple[int, int, bool, str]]] = []
-        for f in present:  # first group that f does not overlap
-            for g in groups:
-                if g[-1][0] + g[-1][1] <= f[0]:
-                    g.append(f)
-                    break
-            else:
-                groups.append([f])
-        self._unpacks = []
-        got: list[str] = []
-        for g in groups:
-            fmt, pos = order, 0
-            for off, size, signed, name in g:
-                code = {1: "B", 2: "H", 4: "I", 8: "Q"}[size]
-                fmt += "x" * (off - pos) + (code.lower() if signed else code)
-                pos = off + size
-                got.append(name)
-            self._unpacks.append(struct.Struct(fmt).unpack_from)
-        # Fast when the layout's order is the record's (true of every kernel
-        # seen): no reordering, missing fields padded at the end.
-        self._pad = tuple(None for _ in names[len(got):])
-        in_order = got == names[:len(got)]
-        got.append("<missing>")
-        self._gather = operator.itemgetter(*(got.index(n) if n in got else len(got) - 1
-                                             for n in names))
-        self.end = max((off + size for off, size, _, _ in present), default=0)
-        self._u0 = self._unpacks[0] if self._unpacks else None
-        self._u1 = self._unpacks[1] if len(self._unpacks) > 1 else None
-        self._call = {1: self._one, 2: self._two}.get(len(self._unpacks), self._many)
-        if in_order and len(self._unpacks) == 2:
-            self._call = self._two_in_order
-        elif in_order and len(self._unpacks) == 1:
-            self._call = self._one_in_order
-
-    def __call__(self, buf: bytes, off: int) -> tuple:
-        return self._call(buf, off)
-
-    def _one(self, buf: bytes, off: int) -> tuple:
-        return self._gather(self._u0(buf, off) + _NONE)
-
-    def _two(self, buf: bytes, off: int) -> tuple:
-        return self._gather(self._u0(buf, off) + self._u1(buf, off) + _NONE)
-
-    def _one_in_order(self, buf: bytes, off: int) -> tuple:
-        return self._u0(buf, off) + self._pad
-
-    def _two_in_order(self, buf: bytes, off: int) -> tuple:
-        return self._u0(buf, off) + self._u1(buf, off) + self._pad
-
-    def _many(self, buf: bytes, off: int) -> tuple:
-        values: tuple = ()
-        for unpack in self._unpacks:
-            values += unpack(buf, off)
-        return self._gather(values + _NONE)
-
-
-_NONE = (None,)
-_STATES = (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)
 
 
 class RmapItem(NamedTuple):
@@ -130,7 +73,7 @@ class RmapItem(NamedTuple):
 
     @property
     def state(self) -> ItemState:
-        return _STATES[item_flags(self.raw_address)]
+        return ITEM_STATES[item_flags(self.raw_address)]
 
     @property
     def seqnr(self) -> int:
@@ -192,10 +135,6 @@ class RmapItem(NamedTuple):
 POINTER_FIELDS = frozenset({"anon_vma", "head", "hlist_next", "hlist_pprev", "rb_parent",
                             "rb_left", "rb_right", "mm", "rmap_list"})
 
-_RMAP_FIELDS = list(RmapItem._fields[1:-1])  # all but address and page_address
-_new = tuple.__new__
-
-
 def rmap_item_fields(layout: KsmLayout) -> dict[str, tuple[Optional[int], int, bool]]:
     """``struct ksm_rmap_item``'s members as ``name -> (offset, size,
     signed)``; offset None where the layout lacks the member. Union members
@@ -243,27 +182,13 @@ def record_dtype(layout: KsmLayout, fields: dict[str, tuple[Optional[int], int, 
     import numpy as np
 
     order = "<" if layout.little_endian else ">"
-    present = {n: f for n, f in fields.items() if f[0] is not None and f[0] >= start}
+    present = {n: (off, size_, signed) for n, (off, size_, signed) in fields.items()
+               if off is not None and off >= start}
     return np.dtype({"names": list(present),
                      "formats": [f"{order}{'i' if signed else 'u'}{size_}"
                                  for _, size_, signed in present.values()],
                      "offsets": [off - start for off, _, _ in present.values()],
                      "itemsize": size - start})
-
-
-class RmapItemDecoder:
-    """Decodes ``struct ksm_rmap_item`` bytes for one layout."""
-
-    def __init__(self, layout: KsmLayout):
-        self.size = layout.rmap_item.size
-        self.page_mask = layout.page_mask
-        self._fields = _FieldDecoder(layout.little_endian, _RMAP_FIELDS, rmap_item_fields(layout))
-        assert _RMAP_FIELDS.index("raw_address") == 3
-        self._values = self._fields._call  # one call less on the hot path
-
-    def __call__(self, address: int, buf: bytes, off: int = 0) -> RmapItem:
-        values = self._values(buf, off)
-        return _new(RmapItem, (address,) + values + (values[3] & self.page_mask,))
 
 
 class StableNode(NamedTuple):
@@ -290,15 +215,83 @@ class StableNode(NamedTuple):
         return self.rmap_hlist_len == STABLE_NODE_CHAIN
 
 
-_NODE_FIELDS = list(StableNode._fields[1:])
+def mm_struct_fields(layout: KsmLayout) -> dict[str, tuple[Optional[int], int, bool]]:
+    """What KSM keeps in ``struct mm_struct``, as :func:`rmap_item_fields`:
+    its counters (unsigned long, or atomic_long_t: the same bytes), mm_users
+    (atomic_t) and the first word of its flags."""
+    m = layout.mm_struct
+    p = layout.pointer_size
+    return {
+        "ksm_rmap_items": (m.ksm_rmap_items, p, False),
+        "ksm_merging_pages": (m.ksm_merging_pages, p, False),
+        "ksm_zero_pages": (m.ksm_zero_pages, p, False),
+        "mm_users": (m.mm_users, 4, True),
+        "flags": (m.flags, p, False),
+    }
+
+
+def span_dtype(layout: KsmLayout, fields: dict[str, tuple[Optional[int], int, bool]]) -> tuple[Any, int]:
+    """``(dtype, start)``: :func:`record_dtype` over only the bytes *fields*
+    span (an mm_struct is a kilobyte, its KSM fields a few words)."""
+    present = [(off, size) for off, size, _ in fields.values() if off is not None]
+    start = min(off for off, _ in present)
+    return record_dtype(layout, fields, max(off + size for off, size in present), start), start
+
+
+def _column(rows: Any, name: str) -> list:
+    return rows[name].tolist() if name in rows.dtype.names else [None] * len(rows)
+
+
+def rmap_items(layout: KsmLayout, addresses: Any, rows: Any,
+               rmap_list: Optional[Any] = None) -> list[RmapItem]:
+    """The :class:`RmapItem` of each row (a structured array of
+    :func:`record_dtype` over :func:`rmap_item_fields`, from any start) at
+    *addresses*; *rmap_list*: each item's successor, where the rows do not
+    hold it (the walk that found them followed it)."""
+    n = len(rows)
+    if rmap_list is not None:
+        successors = list(rmap_list)
+    else:
+        successors = _column(rows, "rmap_list") if "rmap_list" in rows.dtype.names else [0] * n
+    raw = rows["raw_address"]
+    columns = [list(addresses), successors] + [_column(rows, name) for name in RmapItem._fields[2:-1]]
+    columns.append((raw & raw.dtype.type(layout.page_mask)).tolist())
+    return [_new(RmapItem, values) for values in zip(*columns)]
+
+
+def stable_nodes(addresses: Any, rows: Any) -> list["StableNode"]:
+    """The :class:`StableNode` of each row (of :func:`stable_node_fields`)."""
+    columns = [list(addresses)] + [_column(rows, name) for name in StableNode._fields[1:]]
+    return [_new(StableNode, values) for values in zip(*columns)]
+
+
+class RmapItemDecoder:
+    """Decodes the bytes of one ``struct ksm_rmap_item`` for one layout,
+    through the same rows as a collection's columns."""
+
+    def __init__(self, layout: KsmLayout):
+        self.layout = layout
+        self.size = layout.rmap_item.size
+        self.dtype = record_dtype(layout, rmap_item_fields(layout), self.size)
+
+    def __call__(self, address: int, buf: bytes, off: int = 0) -> RmapItem:
+        import numpy as np
+
+        rows = np.frombuffer(buf, self.dtype, 1, off)
+        return rmap_items(self.layout, [address], rows)[0]
 
 
 class StableNodeDecoder:
-    """Decodes ``struct ksm_stable_node`` bytes for one layout."""
+    """Decodes the bytes of one ``struct ksm_stable_node`` for one layout."""
 
     def __init__(self, layout: KsmLayout):
         self.size = layout.stable_node.size
-        self._fields = _FieldDecoder(layout.little_endian, _NODE_FIELDS, stable_node_fields(layout))
+        self.dtype = record_dtype(layout, stable_node_fields(layout), self.size)
 
-    def __call__(self, address: int, buf: bytes, off: int = 0) -> StableNode:
-        return _new(StableNode, (address,) + self._fields(buf, off))
+    def __call__(self, address: int, buf: bytes, off: int = 0) -> "StableNode":
+        import numpy as np
+
+        return stable_nodes([address], np.frombuffer(buf, self.dtype, 1, off))[0]
+
+
+_new = tuple.__new__

@@ -162,7 +162,7 @@ def platform(header: KdumpHeader) -> Optional[drgn.Platform]:
     """The drgn Platform that *header* names, where drgn knows it."""
     known = _MACHINES.get(header.machine)
     arch = getattr(drgn.Architecture, known[0], None) if known else None
-    if arch is None:
+    if known is None or arch is None:
         return None
     flags = drgn.PlatformFlags(0)
     if known[1] == 8:

@@ -24,13 +24,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import drgn
 import numpy as np
 
-from ksminspect.decode import ItemState
+from ksminspect.decode import STABLE, STATE_NAMES, UNSTABLE
 from ksminspect.errors import HELPER_LIMITS, CannotTell
+from ksminspect.layout import PAGE_MAPPING_ANON, PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM, get_layout, zero_pfn
+
+if TYPE_CHECKING:  # for annotations only: explain() imports collect and lookups where used
+    from ksminspect.collect import Collection
+    from ksminspect.layout import KsmLayout
+    from ksminspect.lookups import Lookups
 
 STATES = ("merged", "zero", "unstable", "volatile", "skipped", "never_scanned")
 
@@ -111,9 +117,8 @@ def why_untouchable(flags: int, layout) -> Optional[str]:
 def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPages]:
     """Each mm on ksm_mm_head (only process *pid*'s, with *pid*), in scan order."""
     from ksminspect.collect import DUP
-    from ksminspect.layout import get_layout, zero_pfn
     from ksminspect.lookups import Lookups
-    from ksminspect.mm import mm_counters, mm_owner
+    from ksminspect.mm import mm_owner, mm_stat
     from ksminspect.scan import read_scan_cursor
     from ksminspect.session import session
 
@@ -127,7 +132,7 @@ def explain(prog: drgn.Program, pid: Optional[int] = None) -> Iterator[ProcessPa
         if pid is not None and owner.pid != pid:
             continue
         p = ProcessPages(owner.pid, owner.comm, run.mm, memory_cgroup(prog, owner.pid),
-                         ksm_stat=mm_counters(prog, run.mm), rmap_items=run.stop - run.start)
+                         ksm_stat=mm_stat(prog, c.mm_rows[order]), rmap_items=run.stop - run.start)
         if at is None or cursor.at_head(prog):
             ahead_from: Optional[int] = 0  # between passes (or the cursor's mm is gone): all ahead
         elif order != at:
@@ -146,9 +151,9 @@ class _Seen:
     """What explain reads once for every mm: the layout, the lookups, the
     collection, the dups' addresses, the zero page's pfn, VM_HUGETLB."""
 
-    layout: object
-    look: object
-    c: object
+    layout: KsmLayout
+    look: Lookups
+    c: Collection
     dups: set
     zero: Optional[int]
     vm_hugetlb: int
@@ -184,7 +189,7 @@ class _Seen:
             found[order_of[k[has]]] = True
             _classify(self.c, v, p, row, anon, is_zero, mapping, self.dups, addresses, ahead_from)
         for state, n in zip(*np.unique(self.c.state[rows[~found]], return_counts=True)):
-            p.items_without_page[_STATE_NAMES[int(state)]] += int(n)
+            p.items_without_page[STATE_NAMES[int(state)]] += int(n)
         for v in p.vmas:
             p.pages.update(v.pages)
 
@@ -192,27 +197,22 @@ class _Seen:
         """Which of *pfns* are anonymous pages, which the zero page, and
         their (head's) mapping."""
         try:
-            mapping, readable = self.look.page_mappings(pfns, heads=True)
+            mapping, readable, _ = self.look.page_mappings(pfns, heads=True)
         except HELPER_LIMITS as e:
             raise CannotTell(f"drgn's pfn_to_page() cannot run on this kernel ({e}): which "
                              f"pages are anonymous cannot be read") from None
         is_zero = pfns == np.uint64(self.zero) if self.zero is not None else np.zeros(len(pfns), bool)
-        return readable & ((mapping & np.uint64(1)) != 0), is_zero, mapping
-
-
-_STATE_NAMES = {0: ItemState.NONE.value, 1: ItemState.UNSTABLE.value, 2: ItemState.STABLE.value,
-                3: ItemState.BOTH.value}
+        return readable & ((mapping & np.uint64(PAGE_MAPPING_ANON)) != 0), is_zero, mapping
 
 
 def _classify(c, v: VmaPages, p: ProcessPages, row: np.ndarray, anon: np.ndarray,
               is_zero: np.ndarray, mapping: np.ndarray, dups: set, addresses: np.ndarray,
               ahead_from: Optional[int]) -> None:
     """The states of a mergeable VMA's present pages."""
-    from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 
     has = row >= 0
     state = np.where(has, c.state[np.maximum(row, 0)], 255)
-    stable = has & (state == 2)
+    stable = has & (state == STABLE)
     ksm_page = (mapping & np.uint64(PAGE_MAPPING_FLAGS)) == PAGE_MAPPING_KSM
     v.pages["merged"] += int(np.count_nonzero(stable))
     p.written += int(np.count_nonzero(stable & ~ksm_page))
@@ -221,7 +221,7 @@ def _classify(c, v: VmaPages, p: ProcessPages, row: np.ndarray, anon: np.ndarray
         p.in_chain += sum(h in dups for h in heads)
     # KSM frees a page's rmap_item when it maps the zero page there
     v.pages["zero"] += int(np.count_nonzero(is_zero & ~stable))
-    unstable = has & (state == 1) & ~is_zero
+    unstable = has & (state == UNSTABLE) & ~is_zero
     v.pages["unstable"] += int(np.count_nonzero(unstable))
     if "age" in c.items.dtype.names and np.any(unstable):
         p.ages.update(c.items["age"][row[unstable]].tolist())
@@ -264,6 +264,7 @@ def _vma(prog: drgn.Program, vmas, i: int, mm: drgn.Object, layout) -> VmaPages:
 def _vma_name(prog: drgn.Program, vmas, i: int, mm: drgn.Object) -> str:
     """As /proc/PID/maps names a VMA: its file's path, [heap], [stack],
     [vdso]..., or "" (drgn's vma_name() where this drgn has it)."""
+    vma_name: Optional[Callable[[drgn.Object], bytes]]
     try:
         from drgn.helpers.linux.mm import vma_name
     except ImportError:  # drgn before 0.3.0
@@ -318,14 +319,17 @@ def scan_pace(prog: drgn.Program, processes: list[ProcessPages]) -> ScanPace:
     shown = sum(sum(p.pages.values()) - p.pages["zero"] for p in processes)
     items = read_counters(prog).get("rmap_items", 0)
     others = max(items - sum(p.rmap_items for p in processes), 0)
-    number = lambda name: tunables[name] if isinstance(tunables.get(name), int) else None  # noqa: E731
+
+    def number(name: str) -> Optional[int]:
+        value = tunables.get(name)
+        return value if isinstance(value, int) else None
+
     return ScanPace(number("run"), number("pages_to_scan"), number("sleep_millisecs"), shown + others)
 
 
 def metadata(prog: drgn.Program) -> dict[str, int]:
     """What KSM's own objects take: every rmap_item on the rmap_lists and
     every stable node (chains and dups included), in bytes."""
-    from ksminspect.layout import get_layout
     from ksminspect.session import session
 
     layout, c = get_layout(prog), session(prog).collect("stable_trees")
@@ -369,12 +373,13 @@ def advice(p: ProcessPages, pace: ScanPace, max_page_sharing: Optional[int]) -> 
     if share["unstable"] >= NOTABLE:
         oldest = max(p.ages) if p.ages else None
         out.append(f"{share['unstable']:.0%} of its mergeable pages wait in the unstable tree with "
-                   f"no partner yet: their content is unique so far" + (f" (for up to {oldest} scans)" if oldest else ""))
+                   f"no partner yet: their content is unique so far"
+                   + (f" (for up to {oldest} scans)" if oldest else ""))
     if share["skipped"] >= NOTABLE:
         out.append(f"{share['skipped']:.0%} of its mergeable pages are skipped by the smart scan: "
                    f"unchanged and unique for several scans")
     if p.not_mergeable / whole >= NOTABLE:
-        reasons = Counter()
+        reasons: Counter[Optional[str]] = Counter()
         for v in p.vmas:
             if not v.mergeable and v.resident + v.hugetlb:
                 reasons[v.why_not] += v.resident + v.hugetlb

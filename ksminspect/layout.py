@@ -31,9 +31,13 @@ def item_flags(raw_address):  # an int, or a numpy array of them
 MAX_REMAINING_SKIPS = 8  # skip_age() never returns more (v6.7)
 # page->mapping of a KSM page is its stable node with both low bits set:
 # PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE, PAGE_MAPPING_KSM (FOLIO_MAPPING_*
-# in newer kernels).
+# in newer kernels); of an anonymous page, its anon_vma | PAGE_MAPPING_ANON.
+PAGE_MAPPING_ANON = 0x1
 PAGE_MAPPING_FLAGS = 0x3
 PAGE_MAPPING_KSM = 0x3
+# The most NUMA nodes any kernel has: CONFIG_NODES_SHIFT is at most 10
+# (mm/Kconfig); a kernel's own MAX_NUMNODES is KsmLayout.max_numnodes.
+MAX_NID = 1 << 10
 
 # Names the seed series gave the page offset it overlays on the unstable-only
 # fields: "vm_pgoff" (v4), "pgoff" (v7), "linear_page_index" (v8).
@@ -141,10 +145,6 @@ class StableNodeLayout:
     hlist_dup: Optional[int]  # v4.13, "ksm: introduce ksm_max_page_sharing ..."
     nid: Optional[int]  # CONFIG_NUMA
 
-    @property
-    def has_chains(self) -> bool:
-        return self.hlist_dup is not None
-
 
 @dataclass(frozen=True)
 class MmSlotLayout:
@@ -169,10 +169,11 @@ class MmStructLayout:
 
     ksm_rmap_items: Optional[int]  # v6.1, "ksm: count allocated ksm rmap_items for each process"
     ksm_merging_pages: Optional[int]  # v5.19, "ksm: count ksm merging pages for each process"
-    ksm_zero_pages: Optional[int]  # v6.6, "ksm: add ksm zero pages for each process"
-    ksm_zero_pages_atomic: bool  # v6.10, "mm/ksm: fix ksm_zero_pages accounting"
+    # v6.6, "ksm: add ksm zero pages for each process"; an atomic_long_t
+    # since v6.10 ("mm/ksm: fix ksm_zero_pages accounting"): the same bytes
+    ksm_zero_pages: Optional[int]
     owner: Optional[int]  # CONFIG_MEMCG
-    mm_users: int
+    mm_users: int  # atomic_t
     flags: int  # mm->flags (a bitmap struct in newer kernels: its first word)
 
 
@@ -214,6 +215,9 @@ class KsmLayout:
     mmf_vm_merge_any: Optional[int]  # bit of mm->flags: the mm merges every VMA (v6.4)
     # where a tail page of a compound page names its head: (offset, masked)
     page_compound: Optional[tuple[int, bool]] = None
+    struct_page_size: int = 64
+    page_mapping: int = 24  # offsetof(struct page, mapping)
+    max_numnodes: int = 1  # MAX_NUMNODES: the bits of a nodemask_t
 
     @property
     def page_size(self) -> int:
@@ -305,16 +309,10 @@ def _mm_slot_layout(prog: drgn.Program) -> tuple[MmSlotLayout, int]:
 
 def _mm_struct_layout(prog: drgn.Program) -> MmStructLayout:
     t = prog.type("struct mm_struct")
-    zero = _offset(t, "ksm_zero_pages")
-    atomic = False
-    if zero is not None:
-        zt = t.member("ksm_zero_pages").type
-        atomic = zt.unaliased().kind == drgn.TypeKind.STRUCT  # atomic_long_t
     return MmStructLayout(
         ksm_rmap_items=_offset(t, "ksm_rmap_items"),
         ksm_merging_pages=_offset(t, "ksm_merging_pages"),
-        ksm_zero_pages=zero,
-        ksm_zero_pages_atomic=atomic,
+        ksm_zero_pages=_offset(t, "ksm_zero_pages"),
         owner=_offset(t, "owner"),
         mm_users=drgn.offsetof(t, "mm_users"),
         flags=drgn.offsetof(t, "flags"),
@@ -367,8 +365,31 @@ def detect_layout(prog: drgn.Program) -> KsmLayout:
         vm_mergeable=_vm_mergeable(prog),
         vm_untouchable=_vm_untouchable(prog),
         page_compound=_page_compound(prog),
-        mmf_vm_merge_any=30 if _address_of(prog, "ksm_enable_merge_any") is not None else None,
+        mmf_vm_merge_any=_mmf_vm_merge_any(prog),
+        struct_page_size=drgn.sizeof(prog.type("struct page")),
+        page_mapping=drgn.offsetof(prog.type("struct page"), "mapping"),
+        max_numnodes=_max_numnodes(prog),
     )
+
+
+def _mmf_vm_merge_any(prog: drgn.Program) -> Optional[int]:
+    """The bit of mm->flags that makes an mm merge every VMA: MMF_VM_MERGE_ANY,
+    30 since v6.4 ("mm: add new api to enable ksm per process", with
+    ksm_enable_merge_any()); an enum constant where the kernel names it so."""
+    try:
+        return prog.constant("MMF_VM_MERGE_ANY").value_()
+    except LookupError:
+        pass
+    return 30 if _address_of(prog, "ksm_enable_merge_any") is not None else None
+
+
+def _max_numnodes(prog: drgn.Program) -> int:
+    """MAX_NUMNODES, a #define that DWARF lacks: the bits of a nodemask_t
+    (``DECLARE_BITMAP(bits, MAX_NUMNODES)``, rounded up to a word)."""
+    try:
+        return min(drgn.sizeof(prog.type("nodemask_t")) * 8, MAX_NID)
+    except LookupError:
+        return MAX_NID
 
 
 def _kernel_word(prog: drgn.Program) -> int:

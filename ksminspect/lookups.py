@@ -15,8 +15,8 @@ import drgn
 import numpy as np
 
 from ksminspect.errors import HELPER_LIMITS
-from ksminspect.program import dump_description, lacks_memory
-from ksminspect.walk import Walker, WalkDamage, fault
+from ksminspect.program import dump_description, is_gap, lacks_memory
+from ksminspect.walk import Walker, WalkDamage
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,18 @@ class Vmas:
 
     def at(self, addresses: np.ndarray) -> np.ndarray:
         """Index of the VMA holding each address, -1 where none does."""
+        if not len(self.start):  # an mm whose owner has exited: its VMAs are gone
+            return np.full(len(addresses), -1)
         i = np.searchsorted(self.start, addresses, side="right") - 1
-        hit = (i >= 0) & (addresses < self.end[np.maximum(i, 0)]) if len(self.start) else \
-            np.zeros(len(addresses), bool)
+        hit = (i >= 0) & (addresses < self.end[np.maximum(i, 0)])
         return np.where(hit, i, -1)
+
+    def take(self, column: str, at: np.ndarray, default) -> np.ndarray:
+        """*column* of the VMA at each index of *at*, *default* where -1."""
+        values = getattr(self, column)
+        if not len(values):
+            return np.full(len(at), default, values.dtype)
+        return np.where(at >= 0, values[np.maximum(at, 0)], default).astype(values.dtype)
 
 
 # anon_vma_state() answers: None (a live anon_vma), a sentence saying why
@@ -70,11 +78,12 @@ class Lookups:
         try:
             for vma in for_each_vma(drgn.Object(self.prog, "struct mm_struct *", mm)):
                 rows.append((vma.vm_start.value_(), vma.vm_end.value_(), vma.vm_pgoff.value_(),
-                             _vm_flags(vma), vma.vm_file.value_(), vma.value_()))
+                             _vm_flags(vma, self.layout.little_endian), vma.vm_file.value_(),
+                             vma.value_()))
         except drgn.FaultError as e:
             self.why.setdefault("vmas", lacks_memory(self.prog, [e.address & self.layout.page_mask],
                                                      of=f"the VMAs of mm {mm:#x}")
-                                if fault(e) == "excluded" else
+                                if is_gap(self.prog, e) else
                                 f"the VMAs of mm {mm:#x} cannot be read ({e})")
             return None
         except ValueError as e:
@@ -114,7 +123,13 @@ class Lookups:
 
         try:
             info = slab_object_info(self.prog, address)
-        except (drgn.FaultError, ValueError):
+        except drgn.FaultError as e:
+            if is_gap(self.prog, e):  # the dump lacks what would say
+                self.why.setdefault("slab", lacks_memory(self.prog, [e.address & self.layout.page_mask],
+                                                         of="the slab pages of anon_vmas"))
+                return NO_ANSWER
+            info = None
+        except ValueError:
             info = None
         except HELPER_LIMITS as e:
             self.why.setdefault("slab", f"drgn's slab_object_info() cannot run on this kernel ({e})")
@@ -142,8 +157,10 @@ class Lookups:
 
     # -- struct page ---------------------------------------------------------
 
-    def page_mappings(self, pfns: np.ndarray, heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(pfn_to_page(pfn)->mapping, readable)`` for each pfn, read from
+    def page_mappings(self, pfns: np.ndarray,
+                      heads: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pfn_to_page(pfn)->mapping, readable, where each mapping is)``
+        for each pfn (where: 0 if unknown), read from
         the vmemmap array where it is linear (SPARSEMEM_VMEMMAP), else by
         drgn's pfn_to_page(). With *heads*, a tail page of a compound page
         (a THP) answers its head's mapping: what makes it anonymous. Raises
@@ -151,22 +168,22 @@ class Lookups:
         (HELPER_LIMITS)."""
         from drgn.helpers.linux.mm import compound_head, pfn_to_page
 
-        page_type = self.prog.type("struct page")
-        size = page_type.size
-        off = drgn.offsetof(page_type, "mapping")
+        size, off = self.layout.struct_page_size, self.layout.page_mapping
         base = pfn_to_page(self.prog, 0).value_()
         linear = pfn_to_page(self.prog, 1 << 20).value_() == base + (size << 20)
         if not linear:
             mapping = np.zeros(len(pfns), np.uint64)
             readable = np.zeros(len(pfns), bool)
+            at = np.zeros(len(pfns), np.uint64)
             for i, pfn in enumerate(pfns.tolist()):
                 try:
                     page = pfn_to_page(self.prog, pfn)
+                    at[i] = page.value_() + off
                     mapping[i] = (compound_head(page) if heads else page).mapping.value_()
                     readable[i] = True
                 except (drgn.FaultError, OverflowError, ValueError):
                     pass
-            return mapping, readable
+            return mapping, readable, at
         # struct page addresses beyond the address space cannot be read
         fits = pfns < np.uint64(((1 << 64) - 1 - base - off) // size)
         addresses = np.where(fits, np.uint64(base + off) + pfns * np.uint64(size), np.uint64(0))
@@ -182,11 +199,12 @@ class Lookups:
                 head_mapping, ok = self.w.memory.read_words(head + np.uint64(off))
                 mapping[tail] = head_mapping
                 readable[tail] &= ok
-        return mapping, readable & fits
+        return mapping, readable & fits, addresses
 
 
-def _vm_flags(vma: drgn.Object) -> int:
+def _vm_flags(vma: drgn.Object, little_endian: bool) -> int:
     flags = vma.vm_flags
     if flags.type_.unaliased().kind == drgn.TypeKind.STRUCT:  # vma_flags_t bitmap (v7.x)
-        return int.from_bytes(flags.to_bytes_()[:8], "little")
+        word = drgn.sizeof(flags.type_.unaliased().members[0].type.type)  # its first unsigned long
+        return int.from_bytes(flags.to_bytes_()[:word], "little" if little_endian else "big")
     return flags.value_()

@@ -13,7 +13,7 @@ import ctypes
 import mmap
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class KeptMemory:
     def __init__(self, read: Callable[[int, int], bytes], word_size: int, little_endian: bool):
         self._read = read
         self.word_size = word_size
-        self._word_code = "Q" if word_size == 8 else "I"
+        self._word_code: Literal["Q", "I"] = "Q" if word_size == 8 else "I"
         # Words are read through native memoryview casts where the target's
         # byte order is the host's (every target seen); else not at all.
         self.little_endian = little_endian
@@ -76,7 +76,8 @@ class KeptMemory:
         if block == len(self._blocks):
             self._maps.append(mmap.mmap(-1, _BLOCK * CHUNK))
             self._blocks.append(np.frombuffer(self._maps[-1], np.uint8))
-            view = memoryview(self._blocks[-1])
+            # numpy's stubs give ndarray __buffer__ only on Python >= 3.12
+            view = memoryview(self._blocks[-1])  # type: ignore[arg-type]
             self._bytes.append(view)
             self._words.append(view.cast(self._word_code))
         self._blocks[block][index * CHUNK:(index + 1) * CHUNK] = data
@@ -152,7 +153,7 @@ class KeptMemory:
             self.forget()  # the blocks are now *blocks*' alone
         # where each object is: its chunk's slot (-1: read it alone) and offset
         index = np.int32 if len(slots) < 2**31 else np.int64
-        slot = np.full(len(addresses), -1, index)
+        slot: np.ndarray = np.full(len(addresses), -1, index)
         offset = np.zeros(len(addresses), np.uint16)
         step = 1 << 14  # bounded temporaries, however many objects
         low_bits = 0  # of any address: how wide a unit each copy can take

@@ -24,30 +24,26 @@ class MmOwner:
     exited: bool  # mm_users == 0: the owner has exited, ksmd has yet to drop the slot
 
 
-def _read_counter(obj: drgn.Object) -> int:
-    if obj.type_.unaliased().kind == drgn.TypeKind.STRUCT:
-        obj = obj.counter  # atomic_t / atomic_long_t
-    return obj.value_()
-
-
 def mm_counters(prog: drgn.Program, mm: int) -> dict[str, int]:
-    """An mm's own KSM counters, named as in /proc/<pid>/ksm_stat."""
-    layout = get_layout(prog).mm_struct
-    obj = drgn.Object(prog, "struct mm_struct *", mm)[0]
-    out: dict[str, int] = {}
+    """An mm's own KSM counters, named as in /proc/<pid>/ksm_stat, read now."""
+    from ksminspect.collect import object_rows
+
     try:
-        if layout.ksm_rmap_items is not None:
-            out["ksm_rmap_items"] = obj.ksm_rmap_items.value_()
-        if layout.ksm_zero_pages is not None:
-            out["ksm_zero_pages"] = _read_counter(obj.ksm_zero_pages)
-        if layout.ksm_merging_pages is not None:
-            out["ksm_merging_pages"] = obj.ksm_merging_pages.value_()
+        return mm_stat(prog, object_rows(get_layout(prog))["mm_struct"].read_one(prog.read, mm))
     except drgn.FaultError:
-        return out
+        return {}
+
+
+def mm_stat(prog: drgn.Program, row) -> dict[str, int]:
+    """``/proc/<pid>/ksm_stat`` of an ``mm_struct`` row
+    (:func:`~ksminspect.decode.mm_struct_fields`): the counters this kernel
+    keeps, and ksm_process_profit where it has it (v6.4)."""
+    names = row.dtype.names
+    out = {name: int(row[name]) for name in ("ksm_rmap_items", "ksm_zero_pages", "ksm_merging_pages")
+           if name in names}
     if "ksm_rmap_items" in out and _has_process_profit(prog):
-        out["ksm_process_profit"] = ksm_process_profit(
-            out["ksm_merging_pages"], out.get("ksm_zero_pages"), out["ksm_rmap_items"],
-            get_layout(prog).page_size, get_layout(prog).rmap_item.size)
+        out["ksm_process_profit"] = ksm_profit(out["ksm_merging_pages"], out.get("ksm_zero_pages"),
+                                               out["ksm_rmap_items"], get_layout(prog))
     return out
 
 
@@ -59,10 +55,12 @@ def _has_process_profit(prog: drgn.Program) -> bool:
         return False
 
 
-def ksm_process_profit(merging: int, zero_pages: Optional[int], rmap_items: int,
-                       page_size: int, rmap_item_size: int) -> int:
-    """ksm_process_profit(): zero pages count since v6.6."""
-    return (merging + (zero_pages or 0)) * page_size - rmap_items * rmap_item_size
+def ksm_profit(pages: int, zero_pages: Optional[int], rmap_items: int, layout) -> int:
+    """What merging saves less what its rmap_items cost, as
+    general_profit_show() and ksm_process_profit() compute it (v6.4); zero
+    pages count since v6.6 ("ksm: consider KSM-placed zeropages when
+    calculating KSM profit")."""
+    return (pages + (zero_pages or 0)) * layout.page_size - rmap_items * layout.rmap_item.size
 
 
 def _owners_by_task_walk(prog: drgn.Program) -> dict[int, tuple[int, str]]:
@@ -110,15 +108,17 @@ def mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
 
 
 def _mm_owner(prog: drgn.Program, mm: int) -> MmOwner:
-    layout = get_layout(prog).mm_struct
+    from ksminspect.collect import object_rows
+
+    layout = get_layout(prog)
     obj = drgn.Object(prog, "struct mm_struct *", mm)[0]
     try:
-        exited = _read_counter(obj.mm_users) == 0
+        exited = int(object_rows(layout)["mm_struct"].read_one(prog.read, mm)["mm_users"]) == 0
     except drgn.FaultError:
         exited = False
     pid = comm = None
     try:
-        if layout.owner is not None and obj.owner.value_():
+        if layout.mm_struct.owner is not None and obj.owner.value_():
             pid = obj.owner.tgid.value_()
             comm = obj.owner.comm.string_().decode(errors="replace")
     except drgn.FaultError:
@@ -151,16 +151,14 @@ def for_each_mm_slot(prog: drgn.Program) -> Iterator[MmSlot]:
     :class:`WalkDamage` after the readable slots."""
     import numpy as np
 
-    from ksminspect.decode import ItemState
+    from ksminspect.decode import ITEM_STATES
     from ksminspect.walk import WalkDamage
 
     c = session(prog).collect()
-    states = [ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH]
-    for run in c.runs:
+    for i, run in enumerate(c.runs):
         counts = np.bincount(c.state[run.start:run.stop], minlength=4)
-        items = {s.value: 0 for s in ItemState}
-        items.update({s.value: int(n) for s, n in zip(states, counts)})
+        items = {s.value: int(n) for s, n in zip(ITEM_STATES, counts)}
         yield MmSlot(slot=run.slot, mm=run.mm, owner=mm_owner(prog, run.mm),
-                     counters=mm_counters(prog, run.mm), items=items, damage=run.cut)
+                     counters=mm_stat(prog, c.mm_rows[i]), items=items, damage=run.cut)
     if c.mm_head_damage:
         raise WalkDamage(c.mm_head_damage)

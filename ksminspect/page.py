@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 import drgn
+import numpy as np
 from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
 
 from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, CannotTell, KsmInspectError
-from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
-from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
+from ksminspect.layout import PAGE_MAPPING_ANON, PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM, get_layout
 from ksminspect.program import dump_description
-from ksminspect.walk import RmapLists, WalkDamage, walker
+from ksminspect.session import session
+from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
+from ksminspect.walk import WalkDamage
 
 
 def _drgn_helper(helper, *args):
@@ -98,7 +100,7 @@ def page_in_dump(prog: drgn.Program, pfn: int) -> Optional[bool]:
     if dump_description(prog) is None:
         return None
     try:
-        prog.read(pfn << walker(prog).layout.page_shift, 1, True)
+        prog.read(pfn << get_layout(prog).page_shift, 1, True)
         return True
     except drgn.FaultError:
         return False
@@ -118,26 +120,22 @@ def _find_node(prog: drgn.Program, node: int) -> tuple[Optional[StableTreeNode],
     return None, None
 
 
-def _items_at(prog: drgn.Program, mm: int, address: int) -> list[RmapItem]:
-    return [item for _, slot_mm, items in RmapLists(walker(prog)) if slot_mm == mm
-            for item in items if item.page_address == address]
+def _items_at(prog: drgn.Program, address: int, mm: Optional[int] = None) -> list[RmapItem]:
+    """The rmap_items on the rmap_lists at page *address* (of *mm* only)."""
+    c = session(prog).collect()
+    rows = np.nonzero(c.page_address(slice(0, c.walked)) == np.uint64(address))[0]
+    if mm is not None:
+        rows = rows[c.items["mm"][rows] == np.uint64(mm)]
+    return c.item_records(rows)
 
 
 def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapItem]:
     """rmap_items whose address maps *pfn*: candidates by the page's linear
     index (anonymous pages keep index == address >> PAGE_SHIFT unless moved by
     mremap), each confirmed through the page tables."""
-    w = walker(prog)
-    address = index << w.layout.page_shift
-    found = []
-    for _, mm, items in RmapLists(w):
-        for item in items:
-            if item.page_address != address:
-                continue
-            mapped = follow_page_frame(drgn.Object(prog, "struct mm_struct *", mm), address)
-            if mapped == pfn:
-                found.append(item)
-    return found
+    address = index << get_layout(prog).page_shift
+    return [item for item in _items_at(prog, address)
+            if follow_page_frame(drgn.Object(prog, "struct mm_struct *", item.mm), address) == pfn]
 
 
 def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
@@ -150,7 +148,8 @@ def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
         index = pfn_to_page(prog, pfn).index.value_()
     except (drgn.FaultError, AttributeError, LookupError):
         index = None
-    items = _items_for_anon_page(prog, pfn, index) if index is not None and mapping & 1 else []
+    anon = mapping & PAGE_MAPPING_ANON
+    items = _items_for_anon_page(prog, pfn, index) if index is not None and anon else []
     return PageReport(pfn, page, mapping, None, None, None, items, in_dump=page_in_dump(prog, pfn))
 
 
@@ -161,8 +160,8 @@ def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
     mm = task.mm.value_()
     if not mm:
         raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")
-    page_address = address & walker(prog).layout.page_mask
-    items = _items_at(prog, mm, page_address)
+    page_address = address & get_layout(prog).page_mask
+    items = _items_at(prog, page_address, mm)
     pfn = follow_page_frame(task.mm, page_address)
     if pfn is None:
         report = PageReport(-1, 0, 0, None, None, None, items)

@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import drgn
 
@@ -334,11 +334,11 @@ def vmcoreinfo_in_memory(path: str, build_ids: Iterable[str] = ()) -> Optional[b
     except OSError:
         pass
     found = []
-    for text, aligned in _vmcoreinfo_copies(path):
-        if any(w in text for w in wanted):
-            found = [(text, True)]
+    for copy, aligned in _vmcoreinfo_copies(path):
+        if any(w in copy for w in wanted):
+            found = [(copy, True)]
             break  # the kernel the debug info is of: no need to read on
-        found.append((text, aligned))
+        found.append((copy, aligned))
     text = next((t for t, aligned in found if aligned), found[0][0] if found else None)
     try:
         with open(kept, "wb") as f:
@@ -415,7 +415,7 @@ def _has_kernel_types(prog: drgn.Program) -> bool:
 
 # Where ELF32 and ELF64 keep what elf_build_id() reads: the section header
 # table (e_shoff, e_shentsize/e_shnum) and a section's type, offset and size.
-_ELF_CLASS = {
+_ELF_CLASS: dict[int, dict[str, Any]] = {
     1: {"word": "I", "shoff": 0x20, "shnum": 0x2E, "sh_offset": 0x10},
     2: {"word": "Q", "shoff": 0x28, "shnum": 0x3A, "sh_offset": 0x18},
 }
@@ -479,6 +479,18 @@ def dump_description(prog: drgn.Program) -> Optional[dict[str, object]]:
     """What the dump file *prog* was opened from is (dumpfile.describe());
     None for the live kernel and for a Program ksminspect did not open."""
     return prog.cache.get("ksminspect_dump")
+
+
+def is_gap(prog: drgn.Program, e: drgn.FaultError) -> bool:
+    """Whether a failed read is the dump's doing, no evidence about the
+    kernel: a page it left out on purpose (libkdumpfile's "Excluded page"),
+    or any page of a dump that was filtered (a dump level) or cut short. In
+    a complete dump, and on a live kernel, a read that fails is a pointer
+    into nothing."""
+    if "Excluded page" in str(e):
+        return True
+    dump = dump_description(prog)
+    return dump is not None and (dump.get("dump_level") is not None or "ksminspect_truncated" in prog.cache)
 
 
 def lacks_memory(prog: drgn.Program, pages: Sequence[int] = (), of: str = "KSM's objects") -> str:

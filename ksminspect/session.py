@@ -50,8 +50,15 @@ class Session:
         the session reads the kernel's structures once."""
         if self._collection is None:
             from ksminspect.collect import Collection
+            from ksminspect.counters import scan_state
 
             self._collection = Collection(self.walker)
+            # before any walk: a live finding that read the counters stands
+            # only if they did not move while the walks were taken
+            try:
+                self._collection.counters_before = scan_state(self.prog)
+            except (drgn.FaultError, LookupError, drgn.ObjectAbsentError):
+                pass  # unreadable counters: a finding's own reads say what they say
         return self._collection
 
     def collect(self, *walks: str, attempts: int = 3) -> "Collection":

@@ -11,7 +11,7 @@ import drgn
 import numpy as np
 
 from ksminspect.collect import CHAIN, DUP, MIGRATE, TREE
-from ksminspect.decode import ItemState, NodeKind
+from ksminspect.decode import STATE_NAMES, NodeKind
 from ksminspect.mm import mm_owner
 from ksminspect.session import session
 from ksminspect.walk import Damage, WalkDamage
@@ -35,7 +35,7 @@ class Sharers(Sequence):
 
     __slots__ = ("_columns", "_start", "_stop")
 
-    def __init__(self, columns: tuple[list, ...] = ((),) * 6, start: int = 0, stop: int = 0):
+    def __init__(self, columns: tuple[Sequence, ...] = ((),) * 6, start: int = 0, stop: int = 0):
         self._columns, self._start, self._stop = columns, start, stop
 
     def __len__(self) -> int:
@@ -55,7 +55,7 @@ class Sharers(Sequence):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
-    def columns(self) -> tuple[list, ...]:
+    def columns(self) -> tuple[Sequence, ...]:
         """``(items, mms, pids, comms, page_addresses, states)``, one list each."""
         return tuple(column[self._start:self._stop] for column in self._columns)
 
@@ -90,7 +90,6 @@ def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     nodes = c.nodes
     item_address = c.item_address
     state, mm_of = c.state, c.items["mm"]
-    words = [s.value for s in (ItemState.NONE, ItemState.UNSTABLE, ItemState.STABLE, ItemState.BOTH)]
 
     # every sharer once, as columns of Python values; each node takes its stretch
     rows = nodes.hlist_rows
@@ -98,7 +97,7 @@ def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     owner_of = {mm: mm_owner(prog, mm) for mm in set(mms)}
     everyone = (item_address[rows].tolist(), mms, [owner_of[mm].pid for mm in mms],
                 [owner_of[mm].comm for mm in mms], c.page_address(rows).tolist(),
-                [words[st] for st in state[rows].tolist()])
+                [STATE_NAMES[st] for st in state[rows].tolist()])
     start, stop = nodes.hlist_start.tolist(), nodes.hlist_stop.tolist()
 
     def sharers(i: int) -> Sharers:
@@ -106,7 +105,7 @@ def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
 
     # each column once as Python values: a host has a hundred thousand nodes
     n = len(nodes)
-    names = nodes.rows.dtype.names
+    names = nodes.rows.dtype.names or ()
     address, kpfns = nodes.address.tolist(), nodes.rows["kpfn"].tolist()
     nids = nodes.rows["nid"].tolist() if "nid" in names else [None] * n
     lens = nodes.rows["rmap_hlist_len"].tolist() if "rmap_hlist_len" in names else [None] * n

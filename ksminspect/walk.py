@@ -1,9 +1,16 @@
 """Walkers over KSM's structures, named after the kernel's own iterators.
 
-Walkers read raw memory once per object and yield ``(address, bytes)`` or
-decoded records; they never build drgn Objects on the hot path. Every walk is
-bounded: a cycle, a pointer into unmapped memory or a misaligned pointer ends
-it with :class:`WalkDamage`, after the good objects were yielded.
+The bounded primitives every collection is made of: a circular list
+(``list_for_each``), a NULL-terminated singly linked chain or hlist
+(``follow``), an rbtree in order (``rbtree_inorder``). They read raw memory
+through the session's kept chunks and yield addresses, never drgn Objects.
+Every walk is bounded: a cycle, a pointer into unmapped memory, a
+misaligned pointer or a walk longer than any KSM structure ends it with
+:class:`WalkDamage` (or returns its :class:`Damage`), after the good objects;
+a back link that does not point where the walk came from is a
+:class:`BadLink`, kept in :attr:`Walker.bad_links`, and the walk goes on.
+Decoding the objects found is :mod:`ksminspect.collect`'s (rows) and
+:mod:`ksminspect.decode`'s (records).
 """
 
 from __future__ import annotations
@@ -15,12 +22,6 @@ from typing import Iterable, Iterator, Optional
 
 import drgn
 
-from ksminspect.decode import (
-    RmapItem,
-    RmapItemDecoder,
-    StableNode,
-    StableNodeDecoder,
-)
 from ksminspect.layout import KsmLayout, TreeRootsLayout, get_layout
 from ksminspect.memory import CHUNK, KeptMemory
 
@@ -73,6 +74,7 @@ class BadLink:
     link: str  # "list_head.prev", "hlist_node.pprev", "rb_node parent"
     found: int
     expected: int
+    at: int  # the address of the back link itself
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -90,13 +92,11 @@ class WalkDamage(Exception):
 
 
 class Walker:
-    """Reads KSM objects of one program; one per program (see :func:`walker`)."""
+    """Reads KSM's lists and trees in one program; one per session (see :func:`walker`)."""
 
     def __init__(self, prog: drgn.Program, layout: Optional[KsmLayout] = None):
         self.prog = prog
         self.layout = layout or get_layout(prog)
-        self.decode_rmap_item = RmapItemDecoder(self.layout)
-        self.decode_stable_node = StableNodeDecoder(self.layout)
         self._read = prog.read
         self._word = self.layout.word
         self._unpack_word = struct.Struct(self._word).unpack_from
@@ -120,6 +120,17 @@ class Walker:
             return memoryview(self._read(address, size)), 0
         except drgn.FaultError as e:
             raise WalkDamage(Damage(walk, owner, address, fault(e))) from None
+
+    def read_word(self, walk: str, owner: int, address: int) -> int:
+        buf, off = self.object_bytes(walk, owner, address, self.ptr)
+        return self._unpack_word(buf, off)[0]
+
+    def read_int(self, walk: str, address: int) -> int:
+        """The C ``int`` at *address* (``ksm_nr_node_ids``, say)."""
+        buf, off = self.object_bytes(walk, 0, address & ~(self.ptr - 1), self.ptr)
+        return struct.unpack_from(self._word[0] + "i", buf, off + address % self.ptr)[0]
+
+    # -- the primitives ------------------------------------------------
 
     def follow(self, walk: str, first: int, owner: int, member: int, next_at: int, size: int,
                out: "array[int]") -> Optional[Damage]:
@@ -147,7 +158,9 @@ class Walker:
         damaged: list[tuple[int, Damage]] = []
         # containers lo..hi lie whole in the current chunk, whose words are
         # words[(c >> shift) + delta] for the next pointer of container c
-        lo, hi, words, delta = 1, 0, None, 0
+        # (none yet: lo > hi, so the empty words are never indexed)
+        lo, hi, delta = 1, 0, 0
+        words: memoryview = memoryview(b"")
         for index, (first, owner) in enumerate(chains):
             start = len(out)
             saved, power, steps = -1, 1, 0
@@ -204,88 +217,8 @@ class Walker:
             seen.add(nxt)
         return Damage(walk, out[-1], last, "cycle")
 
-    def _bad_link(self, bad: BadLink) -> None:
-        self.bad_links.setdefault(bad.key, bad)
-
-    def read_word(self, walk: str, owner: int, address: int) -> int:
-        buf, off = self.object_bytes(walk, owner, address, self.ptr)
-        return self._unpack_word(buf, off)[0]
-
-    # -- ksm_mm_head -----------------------------------------------------
-
-    def for_each_mm_slot(self) -> Iterator[int]:
-        """Addresses of the ``struct ksm_mm_slot``s on ``ksm_mm_head``, in scan
-        order (``list_for_each_entry(slot, &ksm_mm_head.slot.mm_node, ...)``)."""
-        head = self.layout.ksm_mm_head
-        off = self.layout.mm_slot.mm_node
-        seen: set[int] = set()
-        pos = self.read_word("ksm_mm_head", head, head)
-        prev = head
-        while pos != head:
-            if pos in seen or len(seen) > MAX_WALK:
-                raise WalkDamage(Damage("ksm_mm_head", prev, pos, "cycle"))
-            seen.add(pos)
-            slot = pos - off
-            nxt = self.read_word("ksm_mm_head", prev - off if prev != head else head, pos)
-            back = self.read_word("ksm_mm_head", slot, pos + self.ptr)
-            if back != prev:
-                self._bad_link(BadLink("ksm_mm_head", slot, "list_head.prev", back, prev))
-            yield slot
-            prev, pos = pos, nxt
-
-    def mm_slot(self, slot: int) -> tuple[int, int]:
-        """``(slot->mm, slot->rmap_list)`` of an mm slot."""
-        m = self.layout.mm_slot
-        return (self.read_word("ksm_mm_head", slot, slot + m.mm),
-                self.read_word("ksm_mm_head", slot, slot + m.rmap_list))
-
-    # -- rmap_list -----------------------------------------------------
-
-    def rmap_list(self, first: int, owner: int, out: "array[int]") -> Optional[Damage]:
-        """Appends the addresses of one mm's rmap_items to *out*, following
-        ``rmap_list`` from *first*; returns the damage that cut it short."""
-        return self.follow("rmap_list", first, owner, 0, self.layout.rmap_item.rmap_list,
-                           self.decode_rmap_item.size, out)
-
-    def for_each_rmap_item(self, first: int, owner: int = 0) -> Iterator[RmapItem]:
-        """The rmap_items of one mm, following ``rmap_list`` from *first*."""
-        addresses: array[int] = array("Q")
-        damage = self.rmap_list(first, owner, addresses)
-        for address in addresses:
-            yield self.rmap_item(address)
-        if damage:
-            raise WalkDamage(damage)
-
-    def rmap_item(self, address: int) -> RmapItem:
-        buf, off = self.object_bytes("rmap_item", address, address, self.decode_rmap_item.size)
-        return self.decode_rmap_item(address, buf, off)
-
-    # -- stable and unstable trees -------------------------------------
-
-    def _tree_roots(self, where: TreeRootsLayout) -> list[tuple[int, int]]:
-        """``(nid, address of struct rb_root)`` for each tree of one kind."""
-        if where.pointer is None:
-            return [(0, where.roots)]
-        base = self.read_word("tree_roots", where.pointer, where.pointer)
-        count = 1
-        if where.nr_node_ids is not None:
-            try:
-                raw = self._read(where.nr_node_ids, 4)  # int ksm_nr_node_ids
-            except drgn.FaultError as e:
-                raise WalkDamage(Damage("tree_roots", 0, where.nr_node_ids, fault(e))) from None
-            count = int.from_bytes(raw, "little" if self.layout.little_endian else "big", signed=True)
-        return [(nid, base + nid * self.ptr) for nid in range(max(count, 0))]
-
-    def stable_tree_roots(self) -> list[tuple[int, int]]:
-        """``root_stable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
-        return self._tree_roots(self.layout.root_stable_tree)
-
-    def unstable_tree_roots(self) -> list[tuple[int, int]]:
-        """``root_unstable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
-        return self._tree_roots(self.layout.root_unstable_tree)
-
     def rbtree_inorder(self, walk: str, root: int, node_offset: int,
-                       size: int) -> Iterator[tuple[int, bytes, int]]:
+                       size: int) -> Iterator[tuple[int, memoryview, int]]:
         """In-order ``(container, buffer, offset)`` of an rbtree whose
         ``struct rb_node`` sits at *node_offset* in containers of *size* bytes.
 
@@ -293,7 +226,7 @@ class Walker:
         """
         unpack = struct.Struct(self._word[0] + 3 * self._word[1]).unpack_from
         seen: set[int] = set()
-        stack: list[tuple[int, bytes, int, int]] = []
+        stack: list[tuple[int, memoryview, int, int]] = []
         node = self.read_word(walk, root, root)
         owner = root
         while stack or node:
@@ -308,128 +241,86 @@ class Walker:
                 parent = 0 if owner == root else owner
                 if parent_color & ~3 != parent:
                     self._bad_link(BadLink(walk, node - node_offset, "rb_node parent",
-                                           parent_color & ~3, parent))
+                                           parent_color & ~3, parent, node))
                 stack.append((node, buf, off, right))
                 owner, node = node, left
             node, buf, off, right = stack.pop()
             yield node - node_offset, buf, off
             owner, node = node, right
 
-    def for_each_stable_node(self, root: int) -> Iterator[StableNode]:
-        """The ``struct ksm_stable_node``s of one stable tree, in order."""
-        decode = self.decode_stable_node
-        for node, buf, off in self.rbtree_inorder("stable_tree", root, self.layout.stable_node.node,
-                                                  decode.size):
-            yield decode(node, buf, off)
+    def list_for_each(self, walk: str, head: int, member: int) -> Iterator[int]:
+        """The containers of the circular ``struct list_head`` *head*, whose
+        list_head sits at *member* (``list_for_each_entry``), each
+        ``list_head.prev`` checked against where the walk came from."""
+        seen: set[int] = set()
+        prev, pos = head, self.read_word(walk, head, head)
+        while pos != head:
+            if pos in seen or len(seen) > MAX_WALK:
+                raise WalkDamage(Damage(walk, prev, pos, "cycle"))  # prev: the list_head before
+            seen.add(pos)
+            container = pos - member
+            nxt = self.read_word(walk, prev - member if prev != head else head, pos)
+            back = self.read_word(walk, container, pos + self.ptr)
+            if back != prev:
+                self._bad_link(BadLink(walk, container, "list_head.prev", back, prev, pos + self.ptr))
+            yield container
+            prev, pos = pos, nxt
 
-    def for_each_unstable_item(self, root: int) -> Iterator[RmapItem]:
-        """The rmap_items of one unstable tree, in order."""
-        decode = self.decode_rmap_item
-        for item, buf, off in self.rbtree_inorder("unstable_tree", root, self.layout.rmap_item.node,
-                                                  decode.size):
-            yield decode(item, buf, off)
+    def _bad_link(self, bad: BadLink) -> None:
+        self.bad_links.setdefault(bad.key, bad)
 
-    def stable_node(self, address: int) -> StableNode:
-        buf, off = self.object_bytes("stable_node", address, address, self.decode_stable_node.size)
-        return self.decode_stable_node(address, buf, off)
+    # -- KSM's lists and trees -----------------------------------------
 
-    def for_each_stable_node_dup(self, chain: StableNode) -> Iterator[StableNode]:
-        """The dups of a chain (``hlist_for_each_entry(dup, &chain->hlist, hlist_dup)``),
-        each ``hlist_dup.pprev`` checked."""
-        member = self.layout.stable_node.hlist_dup
-        if member is None:
-            return
-        addresses: array[int] = array("Q")
-        damage = self.follow("chain", chain.hlist_first, chain.address, member, member,
-                             self.decode_stable_node.size, addresses)
-        link = chain.address + self.layout.stable_node.hlist
-        for address in addresses:
-            pprev = self.read_word("chain", address, address + member + self.ptr)
-            if pprev != link:
-                self._bad_link(BadLink("chain", address, "hlist_node.pprev", pprev, link))
-            link = address + member
-            yield self.stable_node(address)
-        if damage:
-            raise WalkDamage(damage)
+    def for_each_mm_slot(self) -> Iterator[int]:
+        """Addresses of the ``struct ksm_mm_slot``s on ``ksm_mm_head``, in scan
+        order (``list_for_each_entry(slot, &ksm_mm_head.slot.mm_node, ...)``)."""
+        return self.list_for_each("ksm_mm_head", self.layout.ksm_mm_head, self.layout.mm_slot.mm_node)
 
-    def stable_node_hlist(self, node: StableNode, out: "array[int]") -> Optional[Damage]:
-        """Appends the addresses of a stable node's rmap_items to *out*
+    def mm_slot(self, slot: int) -> tuple[int, int]:
+        """``(slot->mm, slot->rmap_list)`` of an mm slot."""
+        m = self.layout.mm_slot
+        return (self.read_word("ksm_mm_head", slot, slot + m.mm),
+                self.read_word("ksm_mm_head", slot, slot + m.rmap_list))
+
+    def rmap_list(self, first: int, owner: int, out: "array[int]") -> Optional[Damage]:
+        """Appends the addresses of one mm's rmap_items to *out*, following
+        ``rmap_list`` from *first*; returns the damage that cut it short."""
+        return self.follow("rmap_list", first, owner, 0, self.layout.rmap_item.rmap_list,
+                           self.layout.rmap_item.size, out)
+
+    def stable_node_hlist(self, node: int, out: "array[int]") -> Optional[Damage]:
+        """Appends the addresses of stable node *node*'s rmap_items to *out*
         (``hlist_for_each_entry(item, &node->hlist, hlist)``); returns the
-        damage that cut the walk short. Back links are not looked at."""
+        damage that cut the walk short."""
         member = self.layout.rmap_item.hlist
-        return self.follow("stable_node_hlist", node.hlist_first, node.address, member, member,
-                           self.decode_rmap_item.size, out)
+        first = self.read_word("stable_node_hlist", node, node + self.layout.stable_node.hlist)
+        return self.follow("stable_node_hlist", first, node, member, member,
+                           self.layout.rmap_item.size, out)
 
-    def for_each_stable_node_rmap_item(self, node: StableNode) -> Iterator[RmapItem]:
-        """The rmap_items of a stable node, each ``hlist.pprev`` checked."""
-        addresses: array[int] = array("Q")
-        damage = self.stable_node_hlist(node, addresses)
-        link = node.address + self.layout.stable_node.hlist  # where the pointer to it was read
-        for address in addresses:
-            item = self.rmap_item(address)
-            if item.hlist_pprev != link:
-                self._bad_link(BadLink("stable_node_hlist", address, "hlist_node.pprev",
-                                       item.hlist_pprev, link))
-            link = address + self.layout.rmap_item.hlist
-            yield item
-        if damage:
-            raise WalkDamage(damage)
-
-    def for_each_migrate_node(self) -> Iterator[StableNode]:
+    def for_each_migrate_node(self) -> Iterator[int]:
         """The stable nodes on ``migrate_nodes`` (v3.9)."""
         head = self.layout.migrate_nodes
         if head is None:
-            return
-        off = self.layout.stable_node.list
-        seen: set[int] = set()
-        prev, pos = head, self.read_word("migrate_nodes", head, head)
-        while pos != head:
-            if pos in seen or len(seen) > MAX_WALK:
-                raise WalkDamage(Damage("migrate_nodes", prev, pos, "cycle"))
-            seen.add(pos)
-            node = self.stable_node(pos - off)
-            back = prev + off if prev != head else head
-            if node.list_prev != back:
-                self._bad_link(BadLink("migrate_nodes", node.address, "list_head.prev",
-                                       node.list_prev, back))
-            yield node
-            prev, pos = pos - off, node.list_next
+            return iter(())
+        return self.list_for_each("migrate_nodes", head, self.layout.stable_node.list)
 
+    def _tree_roots(self, where: TreeRootsLayout) -> list[tuple[int, int]]:
+        """``(nid, address of struct rb_root)`` for each tree of one kind."""
+        if where.pointer is None:
+            return [(0, where.roots)]
+        base = self.read_word("tree_roots", where.pointer, where.pointer)
+        count = 1
+        if where.nr_node_ids is not None:
+            count = self.read_int("tree_roots", where.nr_node_ids)  # int ksm_nr_node_ids
+        return [(nid, base + nid * self.ptr) for nid in range(max(count, 0))]
 
-class RmapLists:
-    """``ksm_mm_head`` and each mm's ``rmap_list``, walked once, damage kept.
+    def stable_tree_roots(self) -> list[tuple[int, int]]:
+        """``root_stable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
+        return self._tree_roots(self.layout.root_stable_tree)
 
-    Iterating yields ``(slot, mm, items)`` for each ``struct ksm_mm_slot`` in
-    scan order, *items* an iterator over that mm's rmap_items. A walk cut
-    short does not raise: its :class:`Damage` is kept in :attr:`mm_head_damage`
-    (the list of slots) or in :attr:`cut` under the mm whose rmap_list it was
-    (what follows there was not seen, which is no evidence of anything).
-    """
-
-    def __init__(self, w: Walker):
-        self.w = w
-        self.mm_head_damage: Optional[Damage] = None
-        self.cut: dict[int, Damage] = {}  # mm -> why its rmap_list walk stopped early
-
-    @property
-    def damage(self) -> list[Damage]:
-        """Every damage met, rmap_lists first."""
-        return list(self.cut.values()) + ([self.mm_head_damage] if self.mm_head_damage else [])
-
-    def __iter__(self) -> Iterator[tuple[int, int, Iterator[RmapItem]]]:
-        w = self.w
-        try:
-            for slot in w.for_each_mm_slot():
-                mm, first = w.mm_slot(slot)
-                yield slot, mm, self._items(first, slot, mm)
-        except WalkDamage as e:
-            self.mm_head_damage = e.damage
-
-    def _items(self, first: int, slot: int, mm: int) -> Iterator[RmapItem]:
-        try:
-            yield from self.w.for_each_rmap_item(first, slot)
-        except WalkDamage as e:
-            self.cut[mm] = e.damage
+    def unstable_tree_roots(self) -> list[tuple[int, int]]:
+        """``root_unstable_tree[nid]`` for nid below ``ksm_nr_node_ids``."""
+        return self._tree_roots(self.layout.root_unstable_tree)
 
 
 def walker(prog: drgn.Program) -> Walker:

@@ -9,12 +9,12 @@ from typing import Callable
 
 import pytest
 
-from conftest import DUMPS, Dump, program_of, run_cli
+from conftest import DUMPS, PARTIAL_DUMPS, Dump, program_of, run_cli
 from damage import damaged_copy, u32, word
 
 from ksminspect.decode import ItemState
 from ksminspect.layout import STABLE_FLAG, UNSTABLE_FLAG, get_layout
-from ksminspect.walk import walker
+from objects import Objects
 
 BY_NAME = {d.name: d for d in DUMPS}
 
@@ -126,13 +126,11 @@ def _items(dump: Dump, state: ItemState, role: str = "share", index: int | None 
     from ksminspect.mm import mm_owner
 
     prog = program_of(dump)
-    w = walker(prog)
+    w = Objects(prog)
     pids = [p["pid"] for p in dump.processes
             if p["role"] == role and index in (None, p.get("index"))]
-    for slot in w.for_each_mm_slot():
-        mm, first = w.mm_slot(slot)
+    for slot, mm, items in w.mm_slots():
         if mm_owner(prog, mm).pid in pids:
-            items = list(w.for_each_rmap_item(first, slot))
             chosen = [i for i in items if i.state is state]
             if chosen:
                 return prog, w, slot, mm, items, chosen
@@ -141,11 +139,10 @@ def _items(dump: Dump, state: ItemState, role: str = "share", index: int | None 
 
 def _stable_node(dump: Dump, chain: bool = False):
     prog = program_of(dump)
-    w = walker(prog)
-    for _, root in w.stable_tree_roots():
-        for node in w.for_each_stable_node(root):
-            if node.is_chain == chain:
-                return prog, w, node
+    w = Objects(prog)
+    for node in w.tree_nodes():
+        if node.is_chain == chain:
+            return prog, w, node
     raise AssertionError("no such node")
 
 
@@ -212,14 +209,13 @@ def d_hlist_len(dump):
 
 def d_chain_dup_head(dump):
     prog, w, chain = _stable_node(dump, chain=True)
-    dup = next(w.for_each_stable_node_dup(chain))
+    dup = w.dups(chain.address)[0]
     return [(dup.address + w.layout.stable_node.head, word(w.layout.migrate_nodes))], {"chain"}, dup.address
 
 
 def d_kpfn(dump):
     prog, w, node = _stable_node(dump)
-    other = next(n for _, r in w.stable_tree_roots() for n in w.for_each_stable_node(r)
-                 if not n.is_chain and n.address != node.address)
+    other = next(n for n in w.tree_nodes() if not n.is_chain and n.address != node.address)
     return [(node.address + w.layout.stable_node.kpfn, word(other.kpfn))], {"kpfn"}, node.address
 
 
@@ -277,15 +273,15 @@ def d_orphan(dump):
 
 def d_mm_slot_prev(dump):
     prog = program_of(dump)
-    w = walker(prog)
-    slot = list(w.for_each_mm_slot())[1]
+    w = Objects(prog)
+    slot = w.mm_slots()[1][0]
     mm_node = slot + w.layout.mm_slot.mm_node
     return [(mm_node + w.layout.pointer_size, word(mm_node))], {"links"}, slot
 
 
 def d_item_pprev(dump):
     prog, w, node = _stable_node(dump)
-    item = next(w.for_each_stable_node_rmap_item(node))
+    item = w.hlist_items(node.address)[0]
     return [(item.address + w.layout.rmap_item.hlist + w.layout.pointer_size, word(item.address))], \
         {"links"}, item.address
 
@@ -299,8 +295,8 @@ def d_rb_parent(dump):
 
 def d_unstable_rb_parent(dump):
     prog = program_of(dump)
-    w = walker(prog)
-    item = next(i for _, root in w.unstable_tree_roots() for i in w.for_each_unstable_item(root))
+    w = Objects(prog)
+    item = w.unstable_items()[0]
     return [(item.address + w.layout.rmap_item.node, word((item.head & ~3) + 0x40 | (item.head & 3)))], \
         {"links"}, item.address
 
@@ -369,3 +365,66 @@ def test_only_runs_the_walks_its_checks_need(monkeypatch) -> None:
     monkeypatch.setattr(ksminspect.slab, "allocated_objects", forbidden)
     assert run_checks(prog, only=["rmap-order", "stale-offset"]).findings == \
         [f for f in full.findings if f.check in ("rmap-order", "stale-offset")]
+
+
+@pytest.mark.parametrize("any_dump", DUMPS + PARTIAL_DUMPS, ids=lambda d: d.name)
+def test_live_path_lists_what_the_dump_path_lists(any_dump: Dump) -> None:
+    """The live path on a dump, where nothing moves: every finding the dump
+    path lists, check by check and object by object, with its severity;
+    nothing counted as changed while read."""
+    from ksminspect.checks import check_live, run_checks
+    from ksminspect.session import begin_session
+
+    prog = program_of(any_dump)
+    begin_session(prog)
+    dump_path = run_checks(prog)
+    begin_session(prog)
+    live = check_live(prog)
+
+    def key(f) -> tuple:
+        return (f.check, f.severity.value, f.rule or "", f.address or 0)
+
+    assert sorted(map(key, live.findings)) == sorted(map(key, dump_path.findings))
+    assert live.stats["changed_while_read"] == 0
+    assert live.cannot_tell == dump_path.cannot_tell
+
+
+def test_a_rule_that_fails_is_cannot_tell_alone(monkeypatch) -> None:
+    """A rule that raises: "cannot tell: internal error in RULE" for that
+    rule alone; every other rule runs and reports as before."""
+    import dataclasses
+
+    from ksminspect.checks import engine, run_checks
+    from ksminspect.session import begin_session
+
+    prog = program_of(BY_NAME["7.2-seed-noreset"])
+    begin_session(prog)
+    before = run_checks(prog)
+
+    def broken(ctx, out) -> None:
+        out.add(engine.Severity.ERROR, 1, "half done")
+        raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+
+    monkeypatch.setattr(engine, "RULES", [dataclasses.replace(r, run=broken) if r.id == "stale-offset" else r
+                                          for r in engine.RULES])
+    begin_session(prog)
+    after = run_checks(prog)
+    assert after.cannot_tell["stale-offset"] == ("internal error in stale-offset: IndexError: index 0 is "
+                                                 "out of bounds for axis 0 with size 0")
+    assert [f for f in after.findings if f.check == "stale-offset"] == []
+    assert [f.key for f in after.findings] == [f.key for f in before.findings if f.check != "stale-offset"]
+
+
+def test_vmas_of_an_mm_that_has_none() -> None:
+    """An mm whose owner has exited keeps its rmap_items, but its VMAs are
+    gone: every address is in no VMA (the live churn's IndexError)."""
+    import numpy as np
+
+    from ksminspect.lookups import Vmas
+
+    empty = np.zeros(0, np.uint64)
+    vmas = Vmas(empty, empty, empty, empty, empty, empty, np.zeros(0, bool))
+    at = vmas.at(np.array([0x7F0000001000, 0x1000], np.uint64))
+    assert at.tolist() == [-1, -1]
+    assert vmas.take("pgoff", at, 0).tolist() == [0, 0]
+    assert vmas.take("mergeable", at, False).tolist() == [False, False]

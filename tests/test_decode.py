@@ -43,7 +43,7 @@ def make_layout(pointer_size: int, rmap: dict, node: dict, seed: str | None) -> 
             rmap_hlist_len=node.get("rmap_hlist_len"), hlist_dup=node.get("hlist_dup"),
             nid=node.get("nid")),
         mm_slot=MmSlotLayout("mm_slot", 0, 0, 0, 0),
-        mm_struct=MmStructLayout(None, None, None, False, None, 0, 0),
+        mm_struct=MmStructLayout(None, None, None, None, 0, 0),
         pointer_size=pointer_size, little_endian=True, page_shift=12,
         numa=rmap.get("nid") is not None, ksm_mm_head=0, migrate_nodes=0x1000,
         root_stable_tree=TreeRootsLayout(None, 0x2000, None),
@@ -117,7 +117,7 @@ RMAP_5_10 = {"sizeof": 64, "rmap_list": 0, "anon_vma": 8, "nid": 8, "mm": 16, "a
 
 def test_pre_4_13_stable_node_has_no_chain() -> None:
     layout = make_layout(8, RMAP_5_10, PRE_4_13_NODE, None)
-    assert not layout.stable_node.has_chains
+    assert layout.stable_node.hlist_dup is None
     node = StableNodeDecoder(layout)(0xFFFF888000001000, pack(48, {
         0: ("Q", 0xFFFF888000002001), 24: ("Q", 0xFFFF888000003030), 32: ("Q", 0x1234),
         40: ("i", 1)}))
@@ -136,3 +136,38 @@ def test_both_flags_and_meaningful_fields() -> None:
     assert none.state is ItemState.NONE
     assert none.meaningful(False) == {"oldchecksum": 77}
     assert none.other(False)["anon_vma"] == 0xFFFF888000004000
+
+
+@pytest.mark.parametrize("name", ["i386-5.10", "i386-7.2-seed"])
+def test_32bit_rows_as_check_reads_them(name: str) -> None:
+    """The row path the collection and check use: an item's bytes from the
+    first byte after rmap_list, gathered as a structured row, decode to the
+    same record, and its columns (flags, offset, age) read as the rules read
+    them."""
+    import numpy as np
+
+    from ksminspect.collect import object_rows
+    from ksminspect.decode import STABLE, UNSTABLE, rmap_items
+    from ksminspect.layout import item_flags
+
+    data = recorded(name)
+    r = data["rmap_item"]
+    layout = make_layout(4, r, data["stable_node"], data["seed_member"])
+    rows = object_rows(layout)["rmap_item"]
+    assert rows.start == 4 and rows.dtype.itemsize == r["sizeof"] - 4
+    fields = {r["rmap_list"]: ("I", 0xC1000040), r["address"]: ("I", 0xB7F02000 | UNSTABLE_FLAG | 5),
+              r["oldchecksum"]: ("I", 0xB7F02), r["node"]: ("I", 0xC5000001)}
+    if "age" in r:
+        fields[r["age"]] = ("B", 7)
+    raw = pack(r["sizeof"], fields) + pack(r["sizeof"], {r["address"]: ("I", 0xB7F03000 | STABLE_FLAG)})
+    column = np.frombuffer(raw, np.uint8).reshape(2, r["sizeof"])[:, rows.start:].copy()
+    got = column.view(rows.dtype).reshape(2)
+    assert item_flags(got["raw_address"]).tolist() == [UNSTABLE, STABLE]
+    assert (got["raw_address"] & 0xFF).tolist() == [5, 0]
+    if data["seed_member"]:
+        assert got["offset"][0] == 0xB7F02  # the 32-bit offset is oldchecksum's word
+    if "age" in r:
+        assert got["age"][0] == 7
+    record = rmap_items(layout, [0xC1000000, 0xC1000020], got)[0]
+    whole = RmapItemDecoder(layout)(0xC1000000, raw[:r["sizeof"]])
+    assert record._replace(rmap_list=whole.rmap_list) == whole

@@ -94,7 +94,8 @@ EMPTY_FILTERS = [
 
 
 @pytest.mark.parametrize("args,sentence,code", [(a, s, 2) for a, s in BAD_INPUT]
-                         + [(a, s, 0) for a, s in EMPTY_FILTERS], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+                         + [(a, s, 0) for a, s in EMPTY_FILTERS],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_and_empty_filters_are_one_sentence(args, sentence, code) -> None:
     """A mistake: exit 2, nothing on stdout. A filter matching nothing: exit
     0 and its sentence after the (empty) output. Neither a traceback."""

@@ -20,27 +20,26 @@ from conftest import DUMPS, Dump, program_of
 from damage import damaged_copy, file_offset, physical, u32, word
 from test_errors import KSMINSPECT, run_main
 
+from objects import Objects
+
 from ksminspect.program import decompressed
-from ksminspect.walk import walker
 
 DUMP = next(d for d in DUMPS if d.name == "6.12-numa")
 
 
 def slot_items(dump: Dump, index: int = 1):
     prog = program_of(dump)
-    w = walker(prog)
-    slots = list(w.for_each_mm_slot())
-    mm, first = w.mm_slot(slots[index])
-    return prog, w, slots, list(w.for_each_rmap_item(first, slots[index]))
+    w = Objects(prog)
+    lists = w.mm_slots()
+    return prog, w, [slot for slot, _, _ in lists], lists[index][2]
 
 
 def first_page_node(dump: Dump):
     prog = program_of(dump)
-    w = walker(prog)
-    for _, root in w.stable_tree_roots():
-        for node in w.for_each_stable_node(root):
-            if not node.is_chain and node.rmap_hlist_len >= 2:
-                return prog, w, node
+    w = Objects(prog)
+    for node in w.tree_nodes():
+        if not node.is_chain and node.rmap_hlist_len >= 2:
+            return prog, w, node
     raise AssertionError
 
 
@@ -61,7 +60,7 @@ def rmap_unmapped():
 
 def hlist_cycle():
     prog, w, node = first_page_node(DUMP)
-    items = list(w.for_each_stable_node_rmap_item(node))
+    items = w.hlist_items(node.address)
     last = items[-1]
     return [(last.address + w.layout.rmap_item.hlist,
              word(items[0].address + w.layout.rmap_item.hlist))], last.address
@@ -75,10 +74,10 @@ def mm_head_cycle():
 
 def rbtree_loop():
     prog, w, node = first_page_node(DUMP)
-    roots = w.stable_tree_roots()
-    root_node = w.read_word("t", 0, roots[0][1])
+    roots = w.w.stable_tree_roots()
+    root_node = w.w.read_word("t", 0, roots[0][1])
     # a leaf's left child back to the root node: the in-order walk meets it again
-    leaf = next(n for n in w.for_each_stable_node(roots[0][1]) if not n.rb_left)
+    leaf = next(n for n in w.tree_nodes() if not n.rb_left)
     return [(leaf.address + w.layout.stable_node.node + 2 * w.ptr, word(root_node))], leaf.address
 
 
@@ -260,22 +259,20 @@ CAMPAIGN_RUNS = int(os.environ.get("KSMINSPECT_CAMPAIGN_RUNS", "200"))
 def campaign_targets(dump: Dump) -> list[tuple[int, int]]:
     """(address, size) of KSM slab objects and of the struct pages of KSM pages."""
     prog = program_of(dump)
-    w = walker(prog)
+    w = Objects(prog)
     lay = w.layout
     out = []
-    for slot in w.for_each_mm_slot():
+    for slot, mm, items in w.mm_slots():
         out.append((slot, lay.mm_slot.size))
-        mm, first = w.mm_slot(slot)
-        out += [(i.address, lay.rmap_item.size) for i in w.for_each_rmap_item(first, slot)]
+        out += [(i.address, lay.rmap_item.size) for i in items]
     from drgn.helpers.linux.mm import pfn_to_page
     page_size = prog.type("struct page").size
-    for _, root in w.stable_tree_roots():
-        for node in w.for_each_stable_node(root):
-            out.append((node.address, lay.stable_node.size))
-            nodes = list(w.for_each_stable_node_dup(node)) if node.is_chain else [node]
-            for n in nodes:
-                out.append((n.address, lay.stable_node.size))
-                out.append((pfn_to_page(prog, n.kpfn).value_(), page_size))
+    for node in w.tree_nodes():
+        out.append((node.address, lay.stable_node.size))
+        nodes = w.dups(node.address) if node.is_chain else [node]
+        for n in nodes:
+            out.append((n.address, lay.stable_node.size))
+            out.append((pfn_to_page(prog, n.kpfn).value_(), page_size))
     return out
 
 
@@ -348,7 +345,7 @@ def test_walk_that_finds_nothing_is_an_error(tmp_path: Path) -> None:
     counts its rmap_items: every listing says so and exits 1, never an empty
     table with exit 0; check names it in its global-counters finding."""
     prog = program_of(DUMP)
-    head = walker(prog).layout.ksm_mm_head
+    head = Objects(prog).layout.ksm_mm_head
     copy = damaged_copy(prog, DUMP.vmcore, tmp_path / "vmcore",
                         [(head, word(head)), (head + 8, word(head))])
     expected = int(DUMP.sysfs["pages_shared"]) + int(DUMP.sysfs["pages_sharing"])

@@ -3,27 +3,38 @@
 A rule is one function, registered with :func:`rule`: it reads the
 :class:`~ksminspect.collect.Collection` (columns of everything the walks
 reached) and the :class:`~ksminspect.lookups.Lookups`, and reports
-through its :class:`RuleOut`: a violation as a finding, or why it cannot
-tell. Only the walks the chosen rules need are run.
+through its :class:`RuleOut`: a violation as a finding that names what it
+read (:mod:`ksminspect.checks.evidence`), or why it cannot tell. Only the
+walks the chosen rules need are run; a rule that fails is "cannot tell"
+alone, the others run (as corelens isolates its sections).
+
+What becomes of a finding is the engine's, the same for every rule: in a
+dump, a finding that rests on memory the dump lacks is "cannot tell"; on a
+live kernel, a finding whose objects read differently a moment later is
+counted as changed while read, and what stays keeps its severity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Collection as Coll, Optional
+from typing import Callable, Collection as Coll, Iterable, Optional
 
 import drgn
 import numpy as np
 
-from ksminspect.lookups import Lookups
+from ksminspect.checks.evidence import DumpGaps, Obj, extent, values_now, values_then
 from ksminspect.collect import STABLE, Collection, walked_counts
 from ksminspect.counters import read_counters, read_tunables
+from ksminspect.errors import CannotTell
+from ksminspect.lookups import Lookups
 from ksminspect.mm import mm_owner
+from ksminspect.program import is_gap, lacks_memory
 from ksminspect.scan import unstable_tree_seqnr
-from ksminspect.session import begin_session, session
-from ksminspect.program import lacks_memory
-from ksminspect.walk import WalkDamage, excluded_pages, fault
+from ksminspect.session import session
+from ksminspect.walk import excluded_pages
 
 
 class Severity(str, enum.Enum):
@@ -42,9 +53,11 @@ class Finding:
     pid: Optional[int] = None
     page_address: Optional[int] = None
     rule: Optional[str] = None  # for the stale-offset checks: which rule fired
-    transient: bool = False  # live kernel: confirmed, but KSM was moving
-    # stable nodes whose hlist the finding is about (re-read to confirm it live)
-    nodes: tuple[int, ...] = ()
+    transient: bool = False  # live kernel: confirmed, but the walks it rests on may have raced
+    # the kernel objects its judgement read (evidence.Obj), and the walks
+    # whose completeness it rests on (a finding that something is missing)
+    reads: tuple[Obj, ...] = ()
+    rests_on: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple:
@@ -107,10 +120,8 @@ class Context:
         self.tree_seqnr = unstable_tree_seqnr(prog)
         tunables = read_tunables(prog)
         self.merge_across_nodes = tunables.get("merge_across_nodes", 1)
-        self.max_page_sharing = tunables.get("max_page_sharing", 0)
+        self.max_page_sharing = int(tunables.get("max_page_sharing", 0))  # a number, as every tunable but advisor_mode
         self.report = CheckReport()
-        # mm -> its own counters as the mm-counters rule read them
-        self.mm_counters_seen: dict[int, dict[str, int]] = {}
 
     @property
     def by_nid(self) -> bool:
@@ -131,30 +142,53 @@ class RuleOut:
     def __init__(self, ctx: Context, check: str):
         self.ctx = ctx
         self.check = check
+        self.findings: list[Finding] = []
 
     def add(self, severity: Severity, address: Optional[int], message: str,
-            row: Optional[int] = None, rule: Optional[str] = None, nodes: tuple[int, ...] = ()) -> None:
-        """A finding about *address*; *row*: the item row it concerns;
-        *nodes*: the stable nodes on whose hlist it was found."""
+            row: Optional[int] = None, rule: Optional[str] = None,
+            reads: Iterable[Obj] = (), rests_on: Iterable[str] = ()) -> None:
+        """A finding about *address*; *row*: the item row it concerns (read,
+        with its mm and page); *reads*: the other objects its judgement
+        read; *rests_on*: the walks it takes to be complete."""
         mm = pid = page = None
+        reads = tuple(reads)
         if row is not None:
             c = self.ctx.c
             mm = int(c.items["mm"][row])
             page = int(c.page_address(row))
             pid = mm_owner(self.ctx.prog, mm).pid
-        self.ctx.report.findings.append(
-            Finding(self.check, severity, address, message, mm, pid, page, rule, nodes=nodes))
+            reads = (("rmap_item", int(c.item_address[row])),) + reads
+        self.findings.append(Finding(self.check, severity, address, message, mm, pid, page, rule,
+                                     reads=reads, rests_on=frozenset(rests_on)))
 
     def cannot_tell(self, why: str) -> None:
         """This rule could not judge some objects, because *why*."""
         self.ctx.report.cannot_tell.setdefault(self.check, why)
 
 
-def run_checks(prog: drgn.Program, live: bool = False,
-               only: Optional[Coll[str]] = None) -> CheckReport:
+def run_checks(prog: drgn.Program, live: Optional[bool] = None,
+               only: Optional[Coll[str]] = None, attempts: int = 3) -> CheckReport:
     """The checks *only* names (every one by default) on *prog*, running only
-    the walks they need; *live* softens what a moving kernel explains."""
-    return _run(prog, live, only).report
+    the walks they need. *live* (by default: whether *prog* is the running
+    kernel) confirms each finding by reading again what it names, twice, a
+    moment apart: one whose objects changed is counted (stats
+    ``changed_while_read``), never listed; what stays keeps its severity. A
+    walk that met damage on a live kernel is taken again, up to *attempts*
+    times, before the damage is believed. In a dump, a finding that rests
+    on memory the dump lacks is "cannot tell" for its check."""
+    if live is None:
+        live = bool(prog.flags & drgn.ProgramFlags.IS_LIVE)
+    ctx = _run(prog, live, only, attempts)
+    _weigh_in_dump(ctx)
+    if live:
+        _confirm_live(ctx)
+    return ctx.report
+
+
+def check_live(prog: drgn.Program, attempts: int = 3,
+               only: Optional[Coll[str]] = None) -> CheckReport:
+    """:func:`run_checks` as on a live kernel, whatever *prog* is."""
+    return run_checks(prog, True, only, attempts)
 
 
 def _run(prog: drgn.Program, live: bool, only: Optional[Coll[str]], attempts: int = 3) -> Context:
@@ -166,10 +200,19 @@ def _run(prog: drgn.Program, live: bool, only: Optional[Coll[str]], attempts: in
         out = RuleOut(ctx, r.id)
         try:
             r.run(ctx, out)
+        except CannotTell as e:
+            out.cannot_tell(e.reason)
+            continue
         except drgn.FaultError as e:
-            if fault(e) != "excluded":
-                raise  # damage: the command says what could not be read
-            out.cannot_tell(ctx.left_out(e))
+            if "ksminspect_truncated" in prog.cache:
+                raise  # a dump cut short: the target cannot be inspected (the command says so)
+            out.cannot_tell(ctx.left_out(e) if is_gap(prog, e) else
+                            f"what {r.id} needs cannot be read ({e})")
+            continue
+        except Exception as e:  # a rule's own failure: that rule alone cannot tell
+            out.cannot_tell(f"internal error in {r.id}: {type(e).__name__}: {e}")
+            continue
+        ctx.report.findings += out.findings
     if {"stable_trees", "unstable_trees"} <= ctx.walks:
         c = ctx.c
         ctx.report.stats = walked_counts(c, "stable_node_chains" in ctx.counters)
@@ -179,96 +222,65 @@ def _run(prog: drgn.Program, live: bool, only: Optional[Coll[str]], attempts: in
     return ctx
 
 
-def check_live(prog: drgn.Program, attempts: int = 3,
-               only: Optional[Coll[str]] = None) -> CheckReport:
-    """Checks on a live kernel, which moves while it is read.
+def _weigh_in_dump(ctx: Context) -> None:
+    """In a dump: a finding that rests on memory the dump lacks (an object
+    it read, a walk it takes to be complete that stopped at a gap) is no
+    evidence about the kernel: it becomes "cannot tell" for its check,
+    counted, with the pages."""
+    gaps = DumpGaps(ctx.prog)
+    if not gaps.dump:
+        return
+    c, page_size = ctx.c, ctx.layout.page_size
+    damage = c.rmap_list_damage + c.tree_damage
+    kept: list[Finding] = []
+    lacking: dict[str, tuple[int, set[int]]] = {}
+    for f in ctx.report.findings:
+        pages = set(gaps.in_walks(damage, f.rests_on, page_size))
+        for obj in f.reads:
+            where = extent(c, obj)
+            if where is not None:
+                pages.update(gaps.lacks(*where, page_size))
+        if pages:
+            n, seen = lacking.get(f.check, (0, set()))
+            lacking[f.check] = (n + 1, seen | pages)
+        else:
+            kept.append(f)
+    ctx.report.findings = kept
+    for check, (n, pages) in lacking.items():
+        why = (f"{n} finding{'s' if n != 1 else ''} rest{'s' if n == 1 else ''} on memory the "
+               f"dump lacks, not listed: " + lacks_memory(ctx.prog, sorted(pages)))
+        said = ctx.report.cannot_tell.get(check)
+        ctx.report.cannot_tell[check] = f"{said}; {why}" if said else why
+        ctx.report.stats["cannot_tell"] = ctx.report.stats.get("cannot_tell", 0) + n
 
-    One walk of everything; a walk that met damage (a cycle, a fault) is
-    taken again, up to *attempts* times, before the damage is believed. Each
-    finding is then confirmed by reading again only what it names, twice, a
-    moment apart: a finding whose objects changed since the walk read them
-    is counted (stats ``changed_while_read``), never listed. What stays is
-    reported as transient (a warning), or as info where it is informational.
-    """
-    import dataclasses
-    import time
 
-    begin_session(prog)  # read the moving kernel afresh
-    ctx = _run(prog, True, only, attempts)
-    report = ctx.report
-    out = CheckReport(stats=dict(report.stats), cannot_tell=dict(report.cannot_tell))
-    suspects = [f for f in report.findings if f.severity != Severity.INFO]
-    moved: set[int] = set()
-    first_read: dict[int, bytes] = {}
+# Said of a confirmed finding whose walks a moving kernel may have raced.
+RACE = " (live kernel: KSM may have moved while the walks it rests on were read)"
+
+
+def _confirm_live(ctx: Context) -> None:
+    """Live kernel: read again what each finding names, twice, a moment
+    apart; a finding whose objects changed since the collection read them
+    is counted, not listed. What stays keeps its severity."""
+    report, c = ctx.report, ctx.c
+    objs = {o for f in report.findings for o in f.reads}
+    then = values_then(c, c.counters_before, objs)
+    changed: set[Obj] = set()
     for _ in range(2):
         time.sleep(0.05)
-        ctx.c.w.memory.forget()  # read what the findings name afresh
-        moved |= {i for i, f in enumerate(suspects) if i not in moved and _moved(ctx, f, first_read)}
-    out.stats["changed_while_read"] = len(moved) + ctx.c.changed_while_read
+        now = values_now(ctx.prog, c, objs)
+        for o in objs:
+            if then[o] is None:  # not kept by the collection: the first read again is the baseline
+                then[o] = now[o]
+            elif then[o] != now[o]:
+                changed.add(o)
+    kept, moved = [], 0
     for f in report.findings:
-        if f.severity == Severity.INFO:
-            out.findings.append(f)
-    for i, f in enumerate(suspects):
-        if i not in moved:
-            out.findings.append(dataclasses.replace(f, transient=True, severity=Severity.WARNING,
-                                                    message=f.message + " (live kernel: may be a race)"))
-    return out
-
-
-def _moved(ctx: Context, f: Finding, first_read: dict[int, bytes]) -> bool:
-    """Whether what finding *f* names has changed since the walk read it
-    (*first_read*: what an earlier confirmation read of objects the walk did
-    not keep)."""
-    from ksminspect.mm import mm_counters
-
-    c, read = ctx.c, ctx.prog.read
-    if f.address is None:  # the kernel's global counters against the walk
-        now = read_counters(ctx.prog)
-        return any(now.get(k) != ctx.counters.get(k) for k in ctx.report.stats)
-    if f.check == "mm-counters":
-        return mm_counters(ctx.prog, f.address) != ctx.mm_counters_seen.get(f.address)
-    for node in f.nodes:  # is the item still on that node's hlist?
-        if not _on_hlist_now(ctx, node, f.address):
-            return True
-    kept = [(c.item_address, c.items)]
-    if "_stable" in c.__dict__:
-        kept.append((c.nodes.address, c.nodes.rows))
-    try:
-        for addresses, rows in kept:
-            hit = np.nonzero(addresses == np.uint64(f.address))[0]
-            if len(hit):
-                then = rows[hit[0]:hit[0] + 1].tobytes()
-                return read(f.address, len(then)) != then
-        if f.check == "orphans" and f.message.startswith(ctx.layout.rmap_item.type_name):
-            return _reached_now(ctx, f.address)
-        now = read(f.address, 64)
-    except drgn.FaultError:
-        return True  # freed and gone
-    return first_read.setdefault(f.address, now) != now
-
-
-def _on_hlist_now(ctx: Context, node: int, item: int) -> bool:
-    from array import array
-
-    w = ctx.c.w
-    found: array[int] = array("Q")
-    try:
-        w.stable_node_hlist(w.stable_node(node), found)
-    except WalkDamage:
-        return False
-    return item in found
-
-
-def _reached_now(ctx: Context, item: int) -> bool:
-    """An rmap_item no walk reached: is it on its mm's rmap_list now (it was
-    allocated after the walk passed)? Walks that one list again."""
-    from array import array
-
-    w = ctx.c.w
-    mm = w.rmap_item(item).mm
-    for run in ctx.c.runs:
-        if run.mm == mm:
-            found: array[int] = array("Q")
-            w.rmap_list(w.mm_slot(run.slot)[1], run.slot, found)
-            return item in found
-    return False
+        if changed.intersection(f.reads):
+            moved += 1
+        elif f.rests_on:
+            kept.append(dataclasses.replace(f, transient=True, message=f.message + RACE))
+        else:
+            kept.append(f)
+    report.findings = kept
+    report.stats["changed_while_read"] = moved + c.changed_while_read

@@ -9,13 +9,10 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
-from ksminspect.lookups import NO_ANSWER, Vmas
-from ksminspect.collect import NONE, STABLE, UNSTABLE
+from ksminspect.lookups import NO_ANSWER, AnonVmaState, Vmas
+from ksminspect.decode import NONE, STABLE, STATE_WORDS, UNSTABLE
 from ksminspect.layout import MAX_REMAINING_SKIPS
 from ksminspect.mm import mm_owner
-
-# an item's state in prose ("none" is a word for tables and JSON)
-_STATE_WORDS = {NONE: "in no tree", UNSTABLE: "unstable", STABLE: "stable"}
 
 
 def _by_mm(ctx: Context, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -52,7 +49,7 @@ def anon_vma(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
     rows = _stable_rows(ctx)
     slots = c.items["anon_vma"][rows]
-    why = {0: "is NULL"}
+    why: dict[int, AnonVmaState] = {0: "is NULL"}
     for a in np.unique(slots).tolist():
         if a:
             why[a] = ctx.look.anon_vma_state(a)
@@ -62,7 +59,8 @@ def anon_vma(ctx: Context, out: RuleOut) -> None:
     for row in rows[np.isin(slots, np.array(bad, np.uint64))]:
         a = int(c.items["anon_vma"][row])
         out.add(Severity.ERROR, int(c.item_address[row]),
-                f"stable rmap_item {int(c.item_address[row]):#x}: its anon_vma {a:#x} {why[a]}", int(row))
+                f"stable rmap_item {int(c.item_address[row]):#x}: its anon_vma {a:#x} {why[a]}", int(row),
+                reads=[("word", a)])
 
 
 @rule("vma-mergeable", "a stable item's address lies in a VMA that KSM may merge")
@@ -73,7 +71,7 @@ def vma_mergeable(ctx: Context, out: RuleOut) -> None:
         if vmas is None:
             out.cannot_tell(ctx.look.why["vmas"])
             continue
-        bad = (at < 0) | ~vmas.mergeable[np.maximum(at, 0)]
+        bad = (at < 0) | ~vmas.take("mergeable", at, False)
         if np.any(bad) and mm_owner(ctx.prog, mm).exited:
             bad &= at >= 0  # an exited owner's VMAs are gone already
         for k in np.nonzero(bad)[0]:
@@ -102,7 +100,7 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
         vmas, at = _vma_of(ctx, mm, rows)
         if vmas is None:  # the linear page index can still be matched; vm_pgoff cannot
             out.cannot_tell(ctx.look.why["vmas"])
-        pgoff = vmas.pgoff[np.maximum(at, 0)] if vmas is not None else np.zeros(len(rows), np.uint64)
+        pgoff = vmas.take("pgoff", at, 0) if vmas is not None else np.zeros(len(rows), np.uint64)
         by_pgoff = (at >= 0) & (offset == pgoff) & (pgoff != index)
         for k in np.nonzero((offset != 0) & ((offset == index) | by_pgoff))[0]:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
@@ -112,7 +110,7 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
             if by_pgoff[k]:
                 matches.append(f"its VMA's vm_pgoff {int(pgoff[k]):#x}")
             out.add(Severity.ERROR, address,
-                    f"rmap_item {address:#x} ({_STATE_WORDS[state[row]]}) at {int(c.page_address(row)):#x} "
+                    f"rmap_item {address:#x} ({STATE_WORDS[state[row]]}) at {int(c.page_address(row)):#x} "
                     f"still holds {lay.offset_member} {int(offset[k]):#x}, exactly "
                     f"{' and '.join(matches)}: the offset was not reset when it left the stable tree",
                     row, rule="exact overlay match")
@@ -131,7 +129,7 @@ def wrong_offset(ctx: Context, out: RuleOut) -> None:
             continue
         offset = c.items["offset"][rows].astype(np.uint64)
         index = c.page_address(rows) >> shift
-        pgoff = vmas.pgoff[np.maximum(at, 0)]
+        pgoff = vmas.take("pgoff", at, 0)
         for k in np.nonzero((offset != index) & ((at < 0) | (offset != pgoff)))[0]:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
             out.add(Severity.ERROR, address,
@@ -166,7 +164,7 @@ def overlay_garbage(ctx: Context, out: RuleOut) -> None:
             out.add(Severity.ERROR, address,
                     f"rmap_item {address:#x} has age {int(age[row])}, but only {ctx.seqnr} full scans "
                     f"have completed (age grows by one per scan): its bytes are {cause}", int(row),
-                    rule="age beyond scan history")
+                    rule="age beyond scan history", reads=[("ksm_counters", 0)])
 
 
 @rule("stale-anon-vma", "what an item outside the stable tree keeps in its anon_vma slot")
@@ -179,10 +177,10 @@ def stale_anon_vma(ctx: Context, out: RuleOut) -> None:
     look = ctx.look
     for row in rows:
         slot = int(c.items["anon_vma"][row])
-        if numa and (slot & 0xFFFFFFFF) < 1024 and look.anon_vma_state(slot):
+        if numa and (slot & 0xFFFFFFFF) < ctx.layout.max_numnodes and look.anon_vma_state(slot):
             continue  # a nid left from an unstable period, under old high bytes
         why = look.anon_vma_state(slot)
-        address, state = int(c.item_address[row]), _STATE_WORDS[c.state[row]]
+        address, state = int(c.item_address[row]), STATE_WORDS[c.state[row]]
         if why is NO_ANSWER:
             out.cannot_tell(look.why["slab"])
         elif why is None:
@@ -193,4 +191,4 @@ def stale_anon_vma(ctx: Context, out: RuleOut) -> None:
         else:
             out.add(Severity.WARNING, address,
                     f"rmap_item {address:#x} ({state}) keeps {slot:#x} in its anon_vma "
-                    f"slot, which {why}: a dangling pointer", int(row))
+                    f"slot, which {why}: a dangling pointer", int(row), reads=[("word", slot)])

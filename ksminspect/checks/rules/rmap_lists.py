@@ -7,7 +7,7 @@ import numpy as np
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
 from ksminspect.collect import BOTH, STABLE, UNSTABLE
 from ksminspect.layout import SEQNR_MASK
-from ksminspect.mm import mm_counters, mm_owner
+from ksminspect.mm import mm_owner
 
 
 @rule("rmap-owner", "every rmap_item on an mm's rmap_list has item->mm == that mm")
@@ -17,7 +17,7 @@ def rmap_owner(ctx: Context, out: RuleOut) -> None:
     for row in np.nonzero(c.items["mm"][:c.walked] != list_mm)[0]:
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"rmap_item {int(c.item_address[row]):#x} is on the rmap_list of mm {int(list_mm[row]):#x} "
-                f"but its mm is {int(c.items['mm'][row]):#x}", row)
+                f"but its mm is {int(c.items['mm'][row]):#x}", int(row))
 
 
 @rule("rmap-order", "addresses ascend along each rmap_list")
@@ -30,7 +30,8 @@ def rmap_order(ctx: Context, out: RuleOut) -> None:
     for row in np.nonzero(bad)[0]:
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"rmap_item {int(c.item_address[row]):#x} at {int(page[row]):#x} does not come "
-                f"after {int(page[row - 1]):#x} on its rmap_list", row)
+                f"after {int(page[row - 1]):#x} on its rmap_list", int(row),
+                reads=[("rmap_item", int(c.item_address[row - 1]))])
 
 
 @rule("rmap-flags", "no rmap_item carries both STABLE_FLAG and UNSTABLE_FLAG")
@@ -39,23 +40,25 @@ def rmap_flags(ctx: Context, out: RuleOut) -> None:
     for row in np.nonzero(c.state[:c.walked] == BOTH)[0]:
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"rmap_item {int(c.item_address[row]):#x} has both STABLE_FLAG and UNSTABLE_FLAG "
-                f"(address {int(c.items['raw_address'][row]):#x})", row)
+                f"(address {int(c.items['raw_address'][row]):#x})", int(row))
 
 
 @rule("mm-counters", "mm->ksm_rmap_items and mm->ksm_merging_pages equal the mm's walked items")
 def mm_counters_match(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
     stable = c.state[:c.walked] == STABLE
-    for r in c.runs:
+    names = c.mm_rows.dtype.names or ()
+    for i, r in enumerate(c.runs):
         if r.cut:
             continue  # the rest of its list was not seen
-        own = ctx.mm_counters_seen[r.mm] = mm_counters(ctx.prog, r.mm)
         for key, walked in (("ksm_rmap_items", r.stop - r.start),
                             ("ksm_merging_pages", int(np.count_nonzero(stable[r.start:r.stop])))):
-            if key in own and own[key] != walked:
+            own = int(c.mm_rows[key][i]) if key in names else walked
+            if own != walked:
                 out.add(Severity.ERROR, r.mm,
-                        f"mm {r.mm:#x} (pid {mm_owner(ctx.prog, r.mm).pid}) has {key} {own[key]} but "
-                        f"its rmap_list holds {walked} such items")
+                        f"mm {r.mm:#x} (pid {mm_owner(ctx.prog, r.mm).pid}) has {key} {own} but "
+                        f"its rmap_list holds {walked} such items",
+                        reads=[("mm_struct", r.mm)], rests_on=["rmap_lists"])
 
 
 @rule("unstable-seqnr", "an UNSTABLE_FLAG item's seqnr is ksm_scan.seqnr or one behind")
@@ -68,4 +71,4 @@ def unstable_seqnr(ctx: Context, out: RuleOut) -> None:
         out.add(Severity.ERROR, int(c.item_address[row]),
                 f"unstable rmap_item {int(c.item_address[row]):#x} has seqnr {int(seq[row])}, "
                 f"but ksm_scan.seqnr is {seqnr} ({seqnr & SEQNR_MASK} in "
-                f"the low bits): it is neither that nor one behind", row)
+                f"the low bits): it is neither that nor one behind", int(row), reads=[("ksm_counters", 0)])

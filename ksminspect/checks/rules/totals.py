@@ -9,7 +9,6 @@ from ksminspect.checks.engine import Context, RuleOut, Severity, rule
 from ksminspect.collect import walked_counts
 from ksminspect.counters import nothing_found
 from ksminspect.errors import HELPER_LIMITS
-from ksminspect.walk import WalkDamage
 
 
 @rule("global-counters", "ksm_rmap_items, pages_shared, pages_sharing, pages_unshared, chains and dups "
@@ -26,7 +25,8 @@ def global_counters(ctx: Context, out: RuleOut) -> None:
             out.add(Severity.ERROR, None,
                     nothing_found(name, kernel.get(name), value)
                     or f"{name} is {kernel.get(name)} in the kernel but the walk counts {value}"
-                    + (" (a walk was cut short by damage)" if damaged else ""))
+                    + (" (a walk was cut short by damage)" if damaged else ""),
+                    reads=[("ksm_counters", 0)], rests_on=["rmap_lists", "stable_trees", "unstable_trees"])
 
 
 @rule("orphans", "every allocated object of the KSM slab caches is reached by a walk",
@@ -40,6 +40,7 @@ def orphans(ctx: Context, out: RuleOut) -> None:
         lay.stable_node.type_name: c.nodes.address,
         lay.mm_slot.type_name: np.array([r.slot for r in c.runs], np.uint64),
     }
+    kinds = {lay.rmap_item.type_name: "rmap_item", lay.stable_node.type_name: "stable_node"}
     try:
         caches = list(allocated_objects(ctx.prog, lay))
     except HELPER_LIMITS as e:
@@ -51,14 +52,15 @@ def orphans(ctx: Context, out: RuleOut) -> None:
                             f"with other types (boot with slab_nomerge to keep them apart)")
             continue
         allocated = np.unique(np.array(found, np.uint64))
-        for address in allocated[~np.isin(allocated, reached.get(type_name, []))].tolist():
-            if type_name == lay.rmap_item.type_name and c.cut_mms:
-                try:
-                    if c.w.rmap_item(address).mm in c.cut_mms:
-                        continue  # beyond where its mm's walk was cut short: not a leak
-                except WalkDamage:
-                    pass
-            sev = Severity.WARNING if ctx.live else Severity.ERROR
-            where = "possibly in flight on a live kernel" if ctx.live else "a leak"
+        unreached = allocated[~np.isin(allocated, reached.get(type_name, []))]
+        kind = kinds.get(type_name, "word")
+        if kind == "rmap_item" and c.cut_mms and len(unreached):
+            # beyond where its mm's walk was cut short: not a leak
+            mms = c.rows["rmap_item"].gather(c.w.memory, unreached)["mm"]
+            unreached = unreached[~np.isin(mms, np.array(sorted(c.cut_mms), np.uint64))]
+        sev = Severity.WARNING if ctx.live else Severity.ERROR
+        where = "possibly in flight on a live kernel" if ctx.live else "a leak"
+        for address in unreached.tolist():
             out.add(sev, address, f"{type_name} {address:#x} is allocated in slab cache {cache_name} but "
-                                  f"no walk reaches it ({where})")
+                                  f"no walk reaches it ({where})", reads=[(kind, address)],
+                    rests_on=["rmap_lists", "stable_trees", "unstable_trees"])

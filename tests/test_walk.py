@@ -1,0 +1,84 @@
+"""The bounded primitives of ksminspect/walk.py over bytes alone (a list
+with a wrong back link, a chain with a cycle, a misaligned or unreadable
+pointer, an rbtree in order), beside the real-dump walks of
+tests/test_hostile.py and tests/test_collect.py."""
+
+from __future__ import annotations
+
+import struct
+from array import array
+
+import pytest
+
+from test_decode import RMAP_5_10, PRE_4_13_NODE, make_layout
+
+from ksminspect.walk import Walker, WalkDamage
+
+BASE = 0xFFFF888000000000
+
+
+class Memory:
+    def __init__(self, words: dict[int, int], size: int = 1 << 16):
+        self.buf = bytearray(size)
+        for address, value in words.items():
+            struct.pack_into("<Q", self.buf, address - BASE, value)
+
+    def read(self, address: int, size: int, physical: bool = False) -> bytes:
+        import drgn
+
+        start = address - BASE
+        if start < 0 or start + size > len(self.buf):
+            raise drgn.FaultError("could not read memory", address)
+        return bytes(self.buf[start:start + size])
+
+
+def walker(words: dict[int, int]) -> Walker:
+    return Walker(Memory(words), make_layout(8, RMAP_5_10, PRE_4_13_NODE, None))  # type: ignore[arg-type]
+
+
+def test_list_for_each_and_a_wrong_back_link() -> None:
+    head, a, b = BASE, BASE + 0x100, BASE + 0x200  # list_head at offset 0x10 of each
+    w = walker({head: a + 0x10, head + 8: b + 0x10,
+                a + 0x10: b + 0x10, a + 0x18: head,
+                b + 0x10: head, b + 0x18: head})  # b's prev should be a's list_head
+    assert list(w.list_for_each("t", head, 0x10)) == [a, b]
+    (bad,) = w.bad_links.values()
+    assert (bad.address, bad.link, bad.found, bad.expected, bad.at) == \
+        (b, "list_head.prev", head, a + 0x10, b + 0x18)
+
+
+def test_list_cycle_ends_the_walk() -> None:
+    head, a, b = BASE, BASE + 0x100, BASE + 0x200
+    w = walker({head: a, a: b, a + 8: head, b: a, b + 8: a})
+    with pytest.raises(WalkDamage) as e:
+        list(w.list_for_each("t", head, 0))
+    assert e.value.damage.problem == "cycle"
+
+
+@pytest.mark.parametrize("bad,problem", [(BASE + 0x303, "misaligned"), (BASE + (1 << 20), "fault")])
+def test_follow_stops_at_a_bad_pointer(bad: int, problem: str) -> None:
+    a, b = BASE + 0x100, BASE + 0x200
+    w = walker({a: b, b: bad})
+    out: array[int] = array("Q")
+    damage = w.follow("t", a, 0, 0, 0, 64, out)
+    assert list(out) == [a, b]
+    assert damage is not None and (damage.problem, damage.address) == (problem, b)
+
+
+def test_follow_finds_a_cycle_and_names_who_closes_it() -> None:
+    nodes = [BASE + 0x100 * i for i in range(1, 6)]
+    words = {n: nodes[i + 1] for i, n in enumerate(nodes[:-1])}
+    words[nodes[-1]] = nodes[2]
+    out: array[int] = array("Q")
+    damage = walker(words).follow("t", nodes[0], 0, 0, 0, 64, out)
+    assert damage is not None and damage.problem == "cycle"
+    assert (damage.address, damage.pointer) == (nodes[-1], nodes[2])
+    assert list(out)[:5] == nodes
+
+
+def test_rbtree_inorder() -> None:
+    # root 2 with children 1 and 3; rb_node {parent_color, right, left} at offset 0
+    n1, n2, n3, root = BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x10
+    w = walker({root: n2, n2: 0, n2 + 8: n3, n2 + 16: n1, n1: n2 | 1, n3: n2 | 1})
+    assert [node for node, _, _ in w.rbtree_inorder("t", root, 0, 24)] == [n1, n2, n3]
+    assert w.bad_links == {}
