@@ -497,9 +497,10 @@ class _StableTrees:
         starts = np.cumsum(per_chain) - per_chain
         has = per_chain > 0
         expected[starts[has]] = self.address[chains[has]] + np.uint64(lay.stable_node.hlist)
-        for i in np.nonzero(pprev != expected)[0]:
-            self.bad_links.append(BadLink("chain", int(dups[i]), "hlist_node.pprev", int(pprev[i]),
-                                          int(expected[i]), int(dups[i]) + member + lay.pointer_size))
+        for i in np.nonzero(pprev != expected)[0].tolist():
+            dup, at = int(dups[i]), int(dups[i]) + member + lay.pointer_size
+            self.bad_links.append(BadLink("chain", dup, "hlist_node.pprev", int(pprev[i]), int(expected[i]),
+                                          at, saw=((at, int(pprev[i])), (int(expected[i]), dup + member))))
 
     def hlist_bad_links(self) -> list[BadLink]:
         """The items whose ``hlist.pprev`` does not point where the walk came
@@ -510,11 +511,13 @@ class _StableTrees:
         has = self.hlist_len > 0
         expected[self.hlist_start[has]] = self.address[has] + np.uint64(lay.stable_node.hlist)
         found = c.items["hlist_pprev"][self.hlist_rows]
-        at = lay.rmap_item.hlist + lay.pointer_size
-        return [BadLink("stable_node_hlist", item, "hlist_node.pprev", int(found[i]), int(expected[i]),
-                        item + at)
-                for i in np.nonzero(found != expected)[0].tolist()
-                for item in (int(c.item_address[self.hlist_rows[i]]),)]
+        hlist, at = lay.rmap_item.hlist, lay.rmap_item.hlist + lay.pointer_size
+        out = []
+        for i in np.nonzero(found != expected)[0].tolist():
+            item = int(c.item_address[self.hlist_rows[i]])
+            out.append(BadLink("stable_node_hlist", item, "hlist_node.pprev", int(found[i]), int(expected[i]),
+                               item + at, saw=((item + at, int(found[i])), (int(expected[i]), item + hlist))))
+        return out
 
     def __len__(self) -> int:
         return len(self.address)

@@ -75,6 +75,9 @@ class BadLink:
     found: int
     expected: int
     at: int  # the address of the back link itself
+    # the words the judgement rests on, as the walk read them: (address,
+    # value) of the back link and of the forward pointer that led here
+    saw: tuple[tuple[int, int], ...] = ()
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -228,7 +231,7 @@ class Walker:
         seen: set[int] = set()
         stack: list[tuple[int, memoryview, int, int]] = []
         node = self.read_word(walk, root, root)
-        owner = root
+        owner, via = root, root  # via: where the pointer to node was read
         while stack or node:
             while node:
                 if node in seen:
@@ -241,12 +244,13 @@ class Walker:
                 parent = 0 if owner == root else owner
                 if parent_color & ~3 != parent:
                     self._bad_link(BadLink(walk, node - node_offset, "rb_node parent",
-                                           parent_color & ~3, parent, node))
+                                           parent_color & ~3, parent, node,
+                                           saw=((node, parent_color), (via, node))))
                 stack.append((node, buf, off, right))
-                owner, node = node, left
+                owner, via, node = node, node + 2 * self.ptr, left  # rb_left
             node, buf, off, right = stack.pop()
             yield node - node_offset, buf, off
-            owner, node = node, right
+            owner, via, node = node, node + self.ptr, right  # rb_right
 
     def list_for_each(self, walk: str, head: int, member: int) -> Iterator[int]:
         """The containers of the circular ``struct list_head`` *head*, whose
@@ -262,7 +266,8 @@ class Walker:
             nxt = self.read_word(walk, prev - member if prev != head else head, pos)
             back = self.read_word(walk, container, pos + self.ptr)
             if back != prev:
-                self._bad_link(BadLink(walk, container, "list_head.prev", back, prev, pos + self.ptr))
+                self._bad_link(BadLink(walk, container, "list_head.prev", back, prev, pos + self.ptr,
+                                       saw=((pos + self.ptr, back), (prev, pos))))
             yield container
             prev, pos = pos, nxt
 

@@ -86,6 +86,15 @@ def _require_dumps() -> None:
         pytest.fail(f"no dumps under {VMCORES} and KSMINSPECT_REQUIRE_DUMPS is set")
 
 
+def skip_unless_live(why: str | None) -> None:
+    """Skip a live-kernel test for *why* (what this machine lacks), or fail
+    it where KSMINSPECT_REQUIRE_LIVE asks for it (CI)."""
+    if why:
+        if os.environ.get("KSMINSPECT_REQUIRE_LIVE"):
+            pytest.fail(f"live test required but {why}")
+        pytest.skip(why)
+
+
 _programs: dict[str, Any] = {}
 
 

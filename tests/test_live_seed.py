@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VMCORES, parse_ktap
+from conftest import VMCORES, parse_ktap, skip_unless_live
 
 LIVE = Path(__file__).parent / "live"
 sys.path.insert(0, str(LIVE))
@@ -55,11 +55,7 @@ def _unavailable() -> str | None:
 
 @pytest.fixture(scope="module")
 def seed_setup():
-    why = _unavailable()
-    if why:
-        if os.environ.get("KSMINSPECT_REQUIRE_LIVE"):
-            pytest.fail(f"live test required but {why}")
-        pytest.skip(why)
+    skip_unless_live(_unavailable())
     from ksminspect.program import decompressed
 
     work = Path(os.environ.get("WORK", "/var/tmp/ksminspect-build")) / "live-seed"

@@ -58,6 +58,8 @@ class Finding:
     # whose completeness it rests on (a finding that something is missing)
     reads: tuple[Obj, ...] = ()
     rests_on: frozenset[str] = frozenset()
+    # words among *reads* as the judgement saw them: (address, value)
+    saw: tuple[tuple[int, int], ...] = ()
 
     @property
     def key(self) -> tuple:
@@ -146,10 +148,12 @@ class RuleOut:
 
     def add(self, severity: Severity, address: Optional[int], message: str,
             row: Optional[int] = None, rule: Optional[str] = None,
-            reads: Iterable[Obj] = (), rests_on: Iterable[str] = ()) -> None:
+            reads: Iterable[Obj] = (), rests_on: Iterable[str] = (),
+            saw: Iterable[tuple[int, int]] = ()) -> None:
         """A finding about *address*; *row*: the item row it concerns (read,
         with its mm and page); *reads*: the other objects its judgement
-        read; *rests_on*: the walks it takes to be complete."""
+        read; *rests_on*: the walks it takes to be complete; *saw*: the
+        value of each "word" among *reads* as the judgement read it."""
         mm = pid = page = None
         reads = tuple(reads)
         if row is not None:
@@ -159,7 +163,7 @@ class RuleOut:
             pid = mm_owner(self.ctx.prog, mm).pid
             reads = (("rmap_item", int(c.item_address[row])),) + reads
         self.findings.append(Finding(self.check, severity, address, message, mm, pid, page, rule,
-                                     reads=reads, rests_on=frozenset(rests_on)))
+                                     reads=reads, rests_on=frozenset(rests_on), saw=tuple(saw)))
 
     def cannot_tell(self, why: str) -> None:
         """This rule could not judge some objects, because *why*."""
@@ -265,6 +269,9 @@ def _confirm_live(ctx: Context) -> None:
     report, c = ctx.report, ctx.c
     objs = {o for f in report.findings for o in f.reads}
     then = values_then(c, c.counters_before, objs)
+    for f in report.findings:  # words the walks read, as they read them
+        for address, value in f.saw:
+            then[("word", address)] = value
     changed: set[Obj] = set()
     for _ in range(2):
         time.sleep(0.05)

@@ -4,29 +4,7 @@
 # variables (KSMI_*). Runs the kernel's own KSM selftests, starts a KSM
 # workload, then runs ksminspect against this live kernel while ksmd runs.
 # Everything the host needs is printed on the console between markers.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /run
-# /tmp stays the host's (read-only): the paths below may live there.
-export HOME=/run KSMINSPECT_CACHE=/run/cache
-# the console is a terminal, but nobody pages through it
-export KSMINSPECT_PAGER=cat
-cd /run
-echo "KSMI-BOOTED $(uname -r)"
-ksm=/sys/kernel/mm/ksm
-ksminspect() { "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" "$@"; }
-
-section() {  # section NAME COMMAND...: stdout framed by markers with the exit code
-    name=$1; shift
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    echo "KSMI-BEGIN $name"
-    "$@" 2>/run/stderr
-    echo "KSMI-END $name rc=$?"
-    sed "s/^/KSMI-STDERR $name: /" /run/stderr
-    echo "KSMI-TIME $name $t0 $(cut -d' ' -f1 /proc/uptime)"  # uptime in s at start and end
-}
+. "$(dirname "$0")/guest-lib.sh"
 
 section snapshot-before ksminspect snapshot /run/before.json
 

@@ -10,26 +10,7 @@
 # the kernel leaves the stale offsets of the seed patch's bug behind.
 # Paths come from the kernel command line as environment variables (KSMI_*);
 # everything the host needs is printed on the console between markers.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-mount -t tmpfs tmpfs /run
-export HOME=/run KSMINSPECT_CACHE=/run/cache KSMINSPECT_PAGER=cat
-cd /run
-echo "KSMI-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
-ksm=/sys/kernel/mm/ksm
-ksminspect() { "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" "$@"; }
-
-section() {  # section NAME COMMAND...: stdout framed by markers with the exit code
-    name=$1; shift
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    echo "KSMI-BEGIN $name"
-    "$@" 2>/run/stderr
-    echo "KSMI-END $name rc=$?"
-    sed "s/^/KSMI-STDERR $name: /" /run/stderr
-    echo "KSMI-TIME $name $t0 $(cut -d' ' -f1 /proc/uptime)"
-}
+. "$(dirname "$0")/guest-lib.sh"
 
 counters() {  # the scan's counters: unchanged from the checks to the dump
     for f in run full_scans pages_scanned pages_shared pages_sharing pages_unshared \

@@ -21,6 +21,6 @@ def walk_damage(ctx: Context, out: RuleOut) -> None:
       "migrate_nodes, hlist_node.pprev on a stable node's items and a chain's dups, the rb_node "
       "parent in the stable and unstable trees", "stable_trees", "unstable_trees")
 def links(ctx: Context, out: RuleOut) -> None:
-    for bad in ctx.c.bad_links:  # the back link, and the forward one it should mirror
+    for bad in ctx.c.bad_links:  # the back link, and the forward one it should mirror, as read
         out.add(Severity.ERROR, bad.address, bad.sentence(),
-                reads=[("word", bad.at), ("word", bad.expected)])
+                reads=[("word", address) for address, _ in bad.saw], saw=bad.saw)
