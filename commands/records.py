@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+
+import numpy as np
 from typing import Any, Optional
 
 from ksminspect.decode import POINTER_FIELDS, NodeKind
@@ -66,6 +68,42 @@ def item_template(pid: Optional[int], comm: Optional[str]) -> str:
     million sharers are no million dicts."""
     who = f'"pid": {json_int(pid)}, "comm": {json.dumps(comm)}'.replace("%", "%%")
     return f'{{"address": "%#x", "mm": "%#x", {who}, "page_address": "%#x", "state": "%s"}}'
+
+
+def owner_json(owner) -> str:
+    """``"pid": ..., "comm": ...`` of an :class:`~ksminspect.mm.MmOwner`, as json.dumps() writes them."""
+    return f'"pid": {json_int(owner.pid)}, "comm": {json.dumps(owner.comm)}'
+
+
+def item_texts(c, rows, who, has_offset: bool) -> list[str]:
+    """:func:`item_json` of each of *rows* of the collection *c*, as
+    json.dumps() writes it, made from the columns: a host's million items
+    are no million records and dicts. *who*: the :func:`owner_json` of
+    every row's owner, or one for all."""
+    from ksminspect.decode import ITEM_STATES, item_column, meant_fields
+    from ksminspect.layout import item_flags
+
+    rows = np.asarray(rows, np.int64)
+    items = c.items[rows]
+    state = item_flags(items["raw_address"])
+    names = items.dtype.names
+    mms = items["mm"].tolist()
+    if isinstance(who, str):
+        who = [who] * len(rows)
+    page = (items["raw_address"] & items["raw_address"].dtype.type(c.layout.page_mask)).tolist()
+    address = c.item_address[rows].tolist()
+    out: list[str] = [""] * len(rows)
+    for number in np.unique(state).tolist():
+        s = ITEM_STATES[number]
+        fields = meant_fields(s, has_offset, "nid" in names, "age" in names)
+        template = ('{"address": "%#x", "mm": "%#x", %s, "page_address": "%#x", "state": "' + s.value
+                    + '", "fields": {' + ", ".join(f'"{n}": "%#x"' if n in HEX_FIELDS else f'"{n}": %d'
+                                               for n in fields) + "}}")
+        at = np.nonzero(state == number)[0]
+        columns = [item_column(items[at], n).tolist() for n in fields]
+        for k, values in zip(at.tolist(), zip(*columns) if columns else [()] * len(at)):
+            out[k] = template % ((address[k], mms[k], who[k], page[k]) + values)
+    return out
 
 
 def item_json(item, owner, has_offset: bool, all_fields: bool = False) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .params import (HEX, NID, PID, limit_option, require_process, require_tree, say_limited,
                      say_not_scanned, say_nothing_matched)
-from .records import damage_json, document, fields_text, item_json
+from .records import damage_json, document, fields_text, item_json, item_texts, owner_json
 from .render import (JsonArray, emit, emit_json, emit_table, fail_if_walk_found_nothing, format_option,
                      progress, say_damage)
 
@@ -51,7 +51,8 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
     mms, shown = [0], [0]  # mms that passed --pid/--mm, items shown
     wanted = None if state is None else STATE_NAMES.index(state)
 
-    def items() -> Iterator[tuple[Any, Any]]:
+    def runs() -> Iterator[tuple[Any, np.ndarray]]:
+        """Each mm that passes --pid/--mm, with its owner and the rows shown."""
         for run in c.runs:
             if mm_addr is not None and run.mm != mm_addr:
                 continue
@@ -65,12 +66,22 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
             shown[0] += len(rows)
             if limit is not None:
                 rows = rows[:max(limit - (shown[0] - len(rows)), 0)]
+            yield owner, rows
+
+    def items() -> Iterator[tuple[Any, Any]]:
+        for owner, rows in runs():
             for item in c.item_records(rows):
                 yield item, owner
 
+    def texts() -> Iterator[str]:
+        for owner, rows in runs():
+            for lo in range(0, len(rows), 1 << 16):  # bounded temporaries
+                yield from item_texts(c, rows[lo:lo + (1 << 16)], owner_json(owner), has_offset)
+
     if fmt == "json":
         emit_json(document("rmap", {
-            "items": JsonArray(json.dumps(item_json(i, o, has_offset, all_fields)) for i, o in items()),
+            "items": JsonArray(texts() if not all_fields else
+                               (json.dumps(item_json(i, o, has_offset, True)) for i, o in items())),
             "damage": lambda: damage_json(damage)}))
     else:
         rows = []
@@ -136,23 +147,29 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
         if pid is not None:
             mms = c.items["mm"][mine].tolist()
             mine = mine[np.array([mm_owner(prog, mm).pid == pid for mm in mms], bool)]
-        trees.append((tree_nid, c.item_records(mine[:limit])))
+        trees.append((tree_nid, mine[:limit]))
         matched += len(mine)
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
     cursor = read_scan_cursor(prog)
     seqnr = cursor.seqnr
     tree_seqnr = unstable_tree_seqnr(prog, cursor)
+
+    def texts(rows: np.ndarray) -> Iterator[str]:
+        mms = c.items["mm"][rows].tolist()
+        who = {mm: owner_json(mm_owner(prog, mm)) for mm in set(mms)}
+        yield from item_texts(c, rows, [who[mm] for mm in mms], has_offset)
+
     data = {
         "seqnr": seqnr,
         "tree_seqnr": tree_seqnr,
-        "trees": [{"nid": nid, "items": [item_json(i, mm_owner(prog, i.mm), has_offset) for i in items]}
-                  for nid, items in trees],
+        "trees": [{"nid": nid, "items": JsonArray(texts(rows), len(rows))} for nid, rows in trees],
         "damage": damage_json(damage),
     }
 
     def table() -> None:
-        for nid, items in trees:
+        for nid, rows in trees:
+            items = c.item_records(rows)
             click.echo(f"root_unstable_tree[{nid}]: {len(items)} items "
                        f"(full_scans {seqnr}; the tree holds seqnr {tree_seqnr})")
             emit_table([[f"{i.address:#x}", mm_owner(prog, i.mm).pid, mm_owner(prog, i.mm).comm,
@@ -165,9 +182,9 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
         say_damage(prog, damage)
 
     emit(fmt, "unstable-tree", data, table)
-    say_limited(sum(len(items) for _, items in trees), matched, "unstable tree items")
+    say_limited(sum(len(rows) for _, rows in trees), matched, "unstable tree items")
     if nid is None:
         fail_if_walk_found_nothing(prog, "pages_unshared", walked, bool(damage))
-    if pid is not None and not any(items for _, items in trees):
+    if pid is not None and not any(len(rows) for _, rows in trees):
         say_nothing_matched(f"no unstable rmap_items of process {pid}"
                             + (f" in root_unstable_tree[{nid}]" if nid is not None else ""))

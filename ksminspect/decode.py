@@ -108,27 +108,33 @@ class RmapItem(NamedTuple):
 
     def meaningful(self, layout_has_offset: bool) -> dict[str, Any]:
         """The union members the kernel means in this item's state."""
-        out: dict[str, Any] = {}
-        if self.state == ItemState.STABLE:
-            out["anon_vma"] = self.anon_vma
-            if layout_has_offset:
-                out["offset"] = self.offset
-            out["head"] = self.head
-            out["hlist_next"] = self.hlist_next
-            out["hlist_pprev"] = self.hlist_pprev
-        elif self.state == ItemState.UNSTABLE:
-            if self.nid is not None:
-                out["nid"] = self.nid
-            out["seqnr"] = self.seqnr
-            out["rb_parent"] = self.rb_parent
-            out["rb_left"] = self.rb_left
-            out["rb_right"] = self.rb_right
-        if self.state != ItemState.STABLE or not layout_has_offset:
-            out["oldchecksum"] = self.oldchecksum
-            if self.age is not None:
-                out["age"] = self.age
-                out["remaining_skips"] = self.remaining_skips
-        return out
+        return {name: getattr(self, name) for name in
+                meant_fields(self.state, layout_has_offset, self.nid is not None, self.age is not None)}
+
+
+def meant_fields(state: ItemState, has_offset: bool, has_nid: bool, has_age: bool) -> tuple[str, ...]:
+    """The union members the kernel means for an item in *state*, in the
+    order they are shown; *has_offset*: the layout has the seed's member,
+    *has_nid*: CONFIG_NUMA, *has_age*: smart scan (v6.7)."""
+    out: list[str] = []
+    if state == ItemState.STABLE:
+        out += ["anon_vma"] + (["offset"] if has_offset else []) + ["head", "hlist_next", "hlist_pprev"]
+    elif state == ItemState.UNSTABLE:
+        out += (["nid"] if has_nid else []) + ["seqnr", "rb_parent", "rb_left", "rb_right"]
+    if state != ItemState.STABLE or not has_offset:
+        out += ["oldchecksum"] + (["age", "remaining_skips"] if has_age else [])
+    return tuple(out)
+
+
+def item_column(rows: Any, name: str) -> Any:
+    """An :class:`RmapItem` field of every row, as a column: what the
+    record's properties make of the members (seqnr, rb_parent, rb_left,
+    rb_right) made for all rows at once."""
+    if name == "seqnr":
+        return rows["raw_address"] & rows["raw_address"].dtype.type(SEQNR_MASK)
+    if name == "rb_parent":
+        return rows["head"] & rows["head"].dtype.type(~3 & (2 ** (8 * rows["head"].itemsize) - 1))
+    return rows[{"rb_left": "hlist_pprev", "rb_right": "hlist_next"}.get(name, name)]
 
 
 # RmapItem fields that hold kernel pointers (shown in hex).

@@ -227,3 +227,23 @@ def test_json_texts_keep_what_json_dumps_keeps() -> None:
     assert data["sharers"] == [{"address": "0xffff888100000040", "mm": "0xffff888100001000", "pid": 7,
                                 "comm": comm, "page_address": "0x7f0000001000", "state": "stable"}]
     assert list(node.sharers)[0].comm == comm and node.sharers[-1].pid == 7
+
+
+def test_item_texts_are_item_json(dump: Dump) -> None:
+    """rmap's and unstable-tree's JSON made from the columns is, text for
+    text, json.dumps() of the record each rmap_item's view makes."""
+    import json as json_
+
+    import numpy as np
+
+    from ksminspect.commands.records import item_json, item_texts, owner_json
+    from ksminspect.mm import mm_owner
+    from ksminspect.session import begin_session
+
+    prog = program_of(dump)
+    c = begin_session(prog).collect("unstable_trees")
+    has_offset = c.layout.rmap_item.offset is not None
+    rows = np.arange(len(c.item_address))
+    owners = [mm_owner(prog, mm) for mm in c.items["mm"].tolist()]
+    texts = item_texts(c, rows, [owner_json(o) for o in owners], has_offset)
+    assert texts == [json_.dumps(item_json(i, o, has_offset)) for i, o in zip(c.item_records(rows), owners)]
