@@ -349,7 +349,7 @@ def unstable_tree_items(w: Walker) -> tuple["array[int]", "array[int]", list[Dam
     size = w.layout.rmap_item.size
     for nid, root in w.unstable_tree_roots():
         try:
-            for item, _, _ in w.rbtree_inorder("unstable_tree", root, member, size):
+            for item in w.rbtree_inorder("unstable_tree", root, member, size):
                 addresses.append(item)
                 nids.append(nid)
         except WalkDamage as e:
@@ -387,7 +387,7 @@ class _StableTrees:
         tree: list[tuple[int, int]] = []  # (node, nid), in tree order
         for nid, root in w.stable_tree_roots():
             try:
-                for node, _, _ in w.rbtree_inorder("stable_tree", root, lay.stable_node.node,
+                for node in w.rbtree_inorder("stable_tree", root, lay.stable_node.node,
                                                    lay.stable_node.size):
                     tree.append((node, nid))
             except WalkDamage as e:

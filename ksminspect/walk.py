@@ -220,16 +220,18 @@ class Walker:
             seen.add(nxt)
         return Damage(walk, out[-1], last, "cycle")
 
-    def rbtree_inorder(self, walk: str, root: int, node_offset: int,
-                       size: int) -> Iterator[tuple[int, memoryview, int]]:
-        """In-order ``(container, buffer, offset)`` of an rbtree whose
-        ``struct rb_node`` sits at *node_offset* in containers of *size* bytes.
+    def rbtree_inorder(self, walk: str, root: int, node_offset: int, size: int) -> Iterator[int]:
+        """The containers of an rbtree in order, whose ``struct rb_node``
+        sits at *node_offset* in containers of *size* bytes.
 
-        Each container is read once; one met twice is a loop.
+        Each node is read once, through the kept chunks' words where the
+        container lies whole in one; a node met twice is a loop.
         """
         unpack = struct.Struct(self._word[0] + 3 * self._word[1]).unpack_from
+        kept, load = self.memory.word_chunks, self.memory.words
+        shift = 3 if self.ptr == 8 else 2
         seen: set[int] = set()
-        stack: list[tuple[int, memoryview, int, int]] = []
+        stack: list[tuple[int, int]] = []
         node = self.read_word(walk, root, root)
         owner, via = root, root  # via: where the pointer to node was read
         while stack or node:
@@ -239,17 +241,27 @@ class Walker:
                 if len(seen) >= MAX_WALK:
                     raise WalkDamage(Damage(walk, owner, node, "limit"))
                 seen.add(node)
-                buf, off = self.object_bytes(walk, owner, node - node_offset, size)
-                parent_color, right, left = unpack(buf, off + node_offset)
+                container = node - node_offset
+                base = container & ~(CHUNK - 1)
+                got = None
+                if not node % self.ptr and container - base + size <= CHUNK:
+                    got = kept.get(base) or load(container)
+                if got is not None:  # __rb_parent_color, rb_right, rb_left
+                    words, first = got
+                    at = first + ((node - base) >> shift)
+                    parent_color, right, left = words[at], words[at + 1], words[at + 2]
+                else:
+                    buf, off = self.object_bytes(walk, owner, container, size)
+                    parent_color, right, left = unpack(buf, off + node_offset)
                 parent = 0 if owner == root else owner
                 if parent_color & ~3 != parent:
                     self._bad_link(BadLink(walk, node - node_offset, "rb_node parent",
                                            parent_color & ~3, parent, node,
                                            saw=((node, parent_color), (via, node))))
-                stack.append((node, buf, off, right))
+                stack.append((node, right))
                 owner, via, node = node, node + 2 * self.ptr, left  # rb_left
-            node, buf, off, right = stack.pop()
-            yield node - node_offset, buf, off
+            node, right = stack.pop()
+            yield node - node_offset
             owner, via, node = node, node + self.ptr, right  # rb_right
 
     def list_for_each(self, walk: str, head: int, member: int) -> Iterator[int]:

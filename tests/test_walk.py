@@ -80,5 +80,5 @@ def test_rbtree_inorder() -> None:
     # root 2 with children 1 and 3; rb_node {parent_color, right, left} at offset 0
     n1, n2, n3, root = BASE + 0x100, BASE + 0x200, BASE + 0x300, BASE + 0x10
     w = walker({root: n2, n2: 0, n2 + 8: n3, n2 + 16: n1, n1: n2 | 1, n3: n2 | 1})
-    assert [node for node, _, _ in w.rbtree_inorder("t", root, 0, 24)] == [n1, n2, n3]
+    assert list(w.rbtree_inorder("t", root, 0, 24)) == [n1, n2, n3]
     assert w.bad_links == {}
