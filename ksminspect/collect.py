@@ -120,6 +120,7 @@ class Collection:
         # live kernel: damage one walk met and another of the same lists did
         # not (see set_aside()): motion, not evidence
         self._set_aside: set[Damage] = set()
+        self._links_aside: set[tuple] = set()  # BadLink.as_met of back links set aside
         self._extra: array[int] = array("Q")  # items found beyond the rmap_lists
         self._extra_rows: dict[int, int] = {}
         self._extra_parts: list[np.ndarray] = []  # their rows, gathered as they were found
@@ -194,13 +195,15 @@ class Collection:
     @property
     def changed_while_read(self) -> int:
         """Live kernel: walks that met their lists changing under them."""
-        return len(self._set_aside)
+        return len(self._set_aside) + len(self._links_aside)
 
-    def set_aside(self, damage: set[Damage]) -> None:
-        """Live kernel: *damage* was met by one walk but not by another of the
-        same lists: they changed while they were read, which is no evidence
-        of anything. It is counted in :attr:`changed_while_read`, not kept."""
+    def set_aside(self, damage: set[Damage], links: set[tuple] = set()) -> None:
+        """Live kernel: *damage* (and back *links*, as :attr:`BadLink.as_met`)
+        was met by one walk but not by another of the same lists: they
+        changed while they were read, which is no evidence of anything. It
+        is counted in :attr:`changed_while_read`, not kept."""
         self._set_aside |= damage
+        self._links_aside |= links
 
     @property
     def cut_mms(self) -> frozenset[int]:
@@ -299,7 +302,7 @@ class Collection:
         out = list(self.w.bad_links.values())
         if self.has_nodes:
             out += self.nodes.bad_links + self.nodes.hlist_bad_links()
-        return out
+        return [b for b in out if b.as_met not in self._links_aside] if self._links_aside else out
 
     def item_records(self, rows: np.ndarray) -> list[RmapItem]:
         """The :class:`~ksminspect.decode.RmapItem` of each item row: the

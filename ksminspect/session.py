@@ -61,13 +61,18 @@ class Session:
                 pass  # unreadable counters: a finding's own reads say what they say
         return self._collection
 
-    def collect(self, *walks: str, attempts: int = 3) -> "Collection":
+    def collect(self, *walks: str, attempts: int = 3, live: Optional[bool] = None) -> "Collection":
         """The collection with the rmap_lists and *walks* ("stable_trees",
-        "unstable_trees") made. On a live kernel a walk that met damage (a
-        list changed under it) is taken again, afresh, up to *attempts*
-        times, before the damage is believed."""
-        live = bool(self.prog.flags & drgn.ProgramFlags.IS_LIVE)
+        "unstable_trees") made. On a live kernel (*live*, by default whether
+        the program is the running kernel) a walk that met damage or a back
+        link not pointing where it came from is taken again, afresh, up to
+        *attempts* times, before either is believed: words read a moment
+        apart can disagree on a list that moves (an hlist entry the walk
+        reached through an item that was unlinked since)."""
+        if live is None:
+            live = bool(self.prog.flags & drgn.ProgramFlags.IS_LIVE)
         met: list[set] = []  # the damage each attempt met
+        met_links: list[set] = []  # and the back links, as BadLink.as_met
         for attempt in range(max(attempts, 1)):
             c = self.collection
             c.runs
@@ -76,14 +81,18 @@ class Session:
             if "unstable_trees" in walks:
                 c.unstable
             damage = set(c.rmap_list_damage + c.tree_damage)
-            if not live or not damage:
+            links = {b.as_met for b in c.bad_links} if live else set()
+            if not live or not (damage or links):
+                if met:  # what the earlier attempts met was motion: counted
+                    c.set_aside(set().union(*met), set().union(*met_links))
                 return c
             met.append(damage)
+            met_links.append(links)
             if attempt == attempts - 1:
                 break
             self._walker = self._collection = None  # read the moving kernel afresh
-        # damage met the same way every time is believed; the rest was motion
-        c.set_aside(damage - set.intersection(*met))
+        # what was met the same way every time is believed; the rest was motion
+        c.set_aside(damage - set.intersection(*met), links - set.intersection(*met_links))
         return c
 
 

@@ -83,6 +83,11 @@ class BadLink:
     def key(self) -> tuple[str, int, str]:
         return (self.walk, self.address, self.link)
 
+    @property
+    def as_met(self) -> tuple[str, int, str, int, int]:
+        """What makes two walks' bad links the same one (not the words they saw)."""
+        return (self.walk, self.address, self.link, self.found, self.expected)
+
     def sentence(self) -> str:
         return (f"{self.walk}: the {self.link} of {self.address:#x} is {self.found:#x}, "
                 f"not {self.expected:#x} where the walk came from")

@@ -113,7 +113,7 @@ class Context:
         self.live = live
         self.walks = walks  # the walks this run makes
         self.c: Collection = session(prog).collect(*(walks & {"stable_trees", "unstable_trees"}),
-                                                     attempts=attempts)
+                                                     attempts=attempts, live=live)
         w = self.c.w
         self.layout = w.layout
         self.look = Lookups(prog, w)
