@@ -51,6 +51,8 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
         "node": node_json(r.entry) if r.entry else None,
         "chain": hexaddr(r.chain.node) if r.chain else None,
         "items": [item_json(i, mm_owner(prog, i.mm), has_offset) for i in r.items],
+        "rmap_walk": {hexaddr(item): {"reaches": reach.reached, "why": reach.why}
+                      for item, reach in r.reach.items()} if r.is_ksm else None,
     }
 
     def table() -> None:
@@ -68,6 +70,9 @@ def page(app, target: int, pid: Optional[int], fmt: str) -> None:
                                f"({len(r.chain.dups)} dups)")
                 draw({r.entry.tree_nid if r.entry.tree_nid is not None else 0: [r.entry]}, [],
                      totals([r.entry]))
+                for item, reach in r.reach.items():
+                    said = {True: "yes", False: "no", None: "cannot tell"}[reach.reached]
+                    echo_wrapped(f"rmap_item {item:#x}: rmap_walk_ksm reaches it: {said} ({reach.why})")
         else:
             echo_wrapped(f"{where + ': ' if where else ''}pfn {r.pfn:#x} is not a KSM page "
                        f"(page->mapping {r.mapping:#x})")

@@ -32,6 +32,7 @@ import numpy as np
 from ksminspect.decode import STABLE, STATE_NAMES, UNSTABLE
 from ksminspect.errors import HELPER_LIMITS, CannotTell
 from ksminspect.layout import PAGE_MAPPING_ANON, PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM, get_layout, zero_pfn
+from ksminspect.pagetable import page_tables
 
 if TYPE_CHECKING:  # for annotations only: explain() imports collect and lookups where used
     from ksminspect.collect import Collection
@@ -170,10 +171,11 @@ class _Seen:
         sorted_pages = item_pages[order_of]
         found = np.zeros(len(rows), bool)  # items with a page mapped where they say
         mm = drgn.Object(self.c.w.prog, "struct mm_struct *", run.mm)
+        tables = page_tables(self.c.w.prog)
         for i in range(len(vmas.start)):
             v = _vma(self.c.w.prog, vmas, i, mm, self.layout)
             p.vmas.append(v)
-            pfns, addresses = _present(mm, v, self.layout.page_size)
+            addresses, pfns = tables.mapped(run.mm, v.start, v.end)
             if not len(pfns):
                 continue
             if v.flags & self.vm_hugetlb:
@@ -236,19 +238,6 @@ def _classify(c, v: VmaPages, p: ProcessPages, row: np.ndarray, anon: np.ndarray
     v.pages["never_scanned"] += int(np.count_nonzero(never))
     if ahead_from is not None:
         p.ahead += int(np.count_nonzero(never & (addresses >= np.uint64(ahead_from))))
-
-
-def _present(mm: drgn.Object, v: VmaPages, page_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pfns mapped in *v* and their addresses, by its page tables."""
-    from ksminspect.page import follow_page_frame
-
-    pfns, addresses = [], []
-    for address in range(v.start, v.end, page_size):
-        pfn = follow_page_frame(mm, address)
-        if pfn is not None:
-            pfns.append(pfn)
-            addresses.append(address)
-    return np.array(pfns, np.uint64), np.array(addresses, np.uint64)
 
 
 def _vma(prog: drgn.Program, vmas, i: int, mm: drgn.Object, layout) -> VmaPages:

@@ -470,6 +470,193 @@ def zero_pfn(prog: drgn.Program) -> Optional[int]:
         return None
 
 
+@dataclass(frozen=True)
+class RmapWalkLayout:
+    """What rmap_walk_ksm() reads beyond KSM's own objects: an anon_vma's
+    interval tree of anon_vma_chains (``rb_root``, an ``rb_root_cached``
+    since v4.14, f808c13fd373 "lib/interval_tree: fast overlap detection";
+    its first word is the root node either way) and the VMAs they link."""
+
+    anon_vma_rb_root: int
+    avc_size: int
+    avc_vma: int
+    avc_rb: int
+    vma_start: int
+    vma_end: int
+    vma_mm: int
+    vma_pgoff: int
+
+
+def rmap_walk_layout(prog: drgn.Program) -> RmapWalkLayout:
+    anon_vma, avc = prog.type("struct anon_vma"), prog.type("struct anon_vma_chain")
+    vma = prog.type("struct vm_area_struct")
+    return RmapWalkLayout(drgn.offsetof(anon_vma, "rb_root"), avc.size, drgn.offsetof(avc, "vma"),
+                          drgn.offsetof(avc, "rb"), drgn.offsetof(vma, "vm_start"), drgn.offsetof(vma, "vm_end"),
+                          drgn.offsetof(vma, "vm_mm"), drgn.offsetof(vma, "vm_pgoff"))
+
+
+@dataclass(frozen=True)
+class PageTableFormat:
+    """How an mm's page tables map user addresses, read as drgn's own walker
+    reads them (libdrgn/arch_x86_64.c, arch_aarch64.c), so that a bulk walk
+    answers what ``follow_pfn()`` answers for each address.
+
+    x86-64: 4 levels of 512 entries, 5 where the kernel runs with
+    ``pgtable_l5_enabled`` (v4.17, "x86/mm: Make 5-level paging support
+    boot time switchable"); an entry maps if _PAGE_PRESENT (bit 0) is set,
+    a huge page where _PAGE_PSE (bit 7) is set above the last level;
+    physical address bits 12-51. arm64: ``VA_BITS`` (or ``64 -
+    TCR_EL1_T1SZ``, v5.9, for 4K and 16K pages) give the levels; a
+    descriptor's bits 1:0 say table (3), block (1) or invalid, and page (3)
+    at the last level; address bits 47:PAGE_SHIFT, with bits 51:48 in 15:12
+    for 64K pages (FEAT_LPA) or 49:48 and 9:8 for 52-bit 4K/16K.
+    """
+
+    arch: str  # "x86_64" or "aarch64"
+    levels: int
+    page_shift: int
+    top_entries: int  # entries of the top-level table that user addresses use
+    little_endian: bool
+    low_mask: int  # an entry's physical address bits
+    high_mask: int = 0  # bits that hold the address's high bits (arm64, 52-bit)
+    high_shift: int = 0
+
+    @property
+    def index_bits(self) -> int:
+        return self.page_shift - 3
+
+    def level_shift(self, level: int) -> int:
+        """log2 of the bytes one entry of a table at *level* (1: the last) maps."""
+        return self.page_shift + self.index_bits * (level - 1)
+
+    def decode(self, entries, level: int):
+        """``(leaf, maps, address)`` of numpy uint64 *entries* of a table at
+        *level*: which end the walk, which of those map memory, and the
+        physical address each entry holds (a table, or the mapped memory)."""
+        import numpy as np
+
+        address = entries & np.uint64(self.low_mask)
+        if self.high_mask:
+            address |= (entries & np.uint64(self.high_mask)) << np.uint64(self.high_shift)
+        if self.arch == "x86_64":
+            present = (entries & np.uint64(1)) != 0
+            huge = (entries & np.uint64(0x80)) != 0
+            leaf = ~present | huge if level > 1 else np.ones(len(entries), bool)
+            return leaf, present, address
+        kind = entries & np.uint64(3)
+        leaf = (kind != 3) if level > 1 else np.ones(len(entries), bool)
+        return leaf, kind == np.uint64(3 if level == 1 else 1), address
+
+
+def _vmcoreinfo(prog: drgn.Program) -> dict[str, str]:
+    """The kernel's VMCOREINFO note as KEY=VALUE pairs (drgn's object VMCOREINFO)."""
+    try:
+        text = prog["VMCOREINFO"].string_().decode(errors="replace")
+    except (LookupError, drgn.FaultError, ValueError):
+        return {}
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def page_table_format(prog: drgn.Program) -> Optional[PageTableFormat]:
+    """The :class:`PageTableFormat` of *prog*'s user page tables; None for an
+    architecture (or a kernel without VMCOREINFO) that it does not cover."""
+    info = _vmcoreinfo(prog)
+    little = prog.platform.flags & drgn.PlatformFlags.IS_LITTLE_ENDIAN != 0
+    arch = prog.platform.arch
+    try:
+        page_shift = int(info.get("PAGESIZE", "4096")).bit_length() - 1
+        if arch == drgn.Architecture.X86_64:
+            levels = 5 if int(info.get("NUMBER(pgtable_l5_enabled)", "0")) else 4
+            return PageTableFormat("x86_64", levels, 12, 512, little, 0xFFFFFFFFFF000)
+        if arch == drgn.Architecture.AARCH64:
+            bits = page_shift - 3
+            va_bits = int(info["NUMBER(VA_BITS)"])
+            t1sz = int(info.get("NUMBER(TCR_EL1_T1SZ)", "0"), 0)
+            if page_shift != 16 and t1sz:
+                va_bits = 64 - t1sz
+            if not page_shift < va_bits <= 52:
+                return None
+            levels = (va_bits - page_shift + bits - 1) // bits
+            top = 1 << ((va_bits - page_shift - 1) % bits + 1)
+            low = 0x0000FFFFFFFFFFFF & ~((1 << page_shift) - 1)
+            if page_shift == 16:
+                return PageTableFormat("aarch64", levels, page_shift, top, little, low, 0xF000, 36)
+            if va_bits == 52:
+                return PageTableFormat("aarch64", levels, page_shift, top, little,
+                                       low | 0x0003000000000000, 0x300, 42)
+            return PageTableFormat("aarch64", levels, page_shift, top, little, low)
+    except (KeyError, ValueError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class MemMap:
+    """Where each pfn's ``struct page`` is: the memory model's pfn_to_page().
+
+    "linear": one array from pfn 0 (SPARSEMEM_VMEMMAP's ``vmemmap``, or
+    FLATMEM's ``mem_map - ARCH_PFN_OFFSET``), as drgn's pfn_to_page() finds it.
+    "sections": classic SPARSEMEM, which drgn's helper does not cover: each
+    ``mem_section``'s ``section_mem_map`` holds its section's mem_map minus
+    the section's first pfn (``sparse_encode_mem_map()``), flags in its low
+    bits; ``mem_section`` is an array of roots, each a pointer to
+    ``SECTIONS_PER_ROOT`` sections under SPARSEMEM_EXTREME (v2.6.14).
+    """
+
+    model: str  # "linear" or "sections"
+    base: int  # linear: the struct page of pfn 0; sections: the address of mem_section[0]
+    section_shift: int = 0  # PFN_SECTION_SHIFT: SECTION_SIZE_BITS - PAGE_SHIFT
+    sections_per_root: int = 1
+    roots: int = 0  # NR_SECTION_ROOTS
+    extreme: bool = False  # mem_section is an array of pointers to roots
+    section_size: int = 0  # sizeof(struct mem_section)
+    section_mem_map: int = 0  # offsetof(struct mem_section, section_mem_map)
+    map_mask: int = ~0  # SECTION_MAP_MASK
+    has_mem_map: int = 2  # SECTION_HAS_MEM_MAP
+
+
+def mem_map(prog: drgn.Program) -> Optional[MemMap]:
+    """The :class:`MemMap` of *prog*; None where neither model is found."""
+    from drgn.helpers.linux.mm import pfn_to_page
+
+    size = drgn.sizeof(prog.type("struct page"))
+    try:
+        base = pfn_to_page(prog, 0).value_()
+        if pfn_to_page(prog, 1 << 20).value_() == base + (size << 20):
+            return MemMap("linear", base)
+    except (LookupError, AttributeError, NotImplementedError, drgn.FaultError, ValueError):
+        pass
+    sections = read_variable(prog, "mem_section")
+    if sections is None:
+        return None
+    info = _vmcoreinfo(prog)
+    try:
+        page_shift = int(info.get("PAGESIZE", "4096")).bit_length() - 1
+        if "NUMBER(SECTION_SIZE_BITS)" in info:  # v5.13 ("crash_core, vmcoreinfo: append 'SECTION_SIZE_BITS'")
+            section_bits = int(info["NUMBER(SECTION_SIZE_BITS)"])
+        else:  # drgn's per-architecture fallback
+            section_bits = prog["SECTION_SIZE_BITS"].value_()
+        kind = sections.type_.unaliased()
+        section_type = prog.type("struct mem_section")
+        extreme = kind.kind == drgn.TypeKind.POINTER
+        if extreme:
+            roots = int(info["LENGTH(mem_section)"])
+            per_root = (1 << page_shift) // section_type.size
+            start = sections.value_()
+        else:  # struct mem_section mem_section[NR_SECTION_ROOTS][SECTIONS_PER_ROOT]
+            roots = kind.length
+            per_root = kind.type.unaliased().length
+            start = sections.address_
+    except (KeyError, ValueError, LookupError, AttributeError, TypeError, drgn.FaultError):
+        return None
+    try:
+        last = prog.constant("SECTION_MAP_LAST_BIT").value_()  # an enum since v5.19 (ed7802dd48f7)
+    except LookupError:
+        last = 6  # a #define before; the mem_map is page-aligned, so bits below 6 are flags only
+    return MemMap("sections", start, section_bits - page_shift, per_root, roots, extreme, section_type.size,
+                  drgn.offsetof(section_type, "section_mem_map"), ~((1 << last) - 1))
+
+
 def get_layout(prog: drgn.Program) -> KsmLayout:
     """The :class:`KsmLayout` of *prog*, detected once and cached."""
     layout = prog.cache.get("ksminspect_layout")

@@ -39,6 +39,18 @@ class Vmas:
         hit = (i >= 0) & (addresses < self.end[np.maximum(i, 0)])
         return np.where(hit, i, -1)
 
+    def linear_page_index(self, at: np.ndarray, addresses: np.ndarray, page_shift: int) -> np.ndarray:
+        """The kernel's ``linear_page_index(vma, address)`` of each address in
+        the VMA at each index of *at*: ``vm_pgoff + ((address - vm_start) >>
+        PAGE_SHIFT)``, which an anonymous VMA keeps when mremap() moves it (so
+        that ``address >> PAGE_SHIFT`` is the index only where it never
+        moved); 0 where *at* is -1."""
+        start = self.take("start", at, 0)
+        pgoff = self.take("pgoff", at, 0)
+        inside = (at >= 0) & (addresses >= start)
+        delta = np.where(inside, addresses - start, np.uint64(0)) >> np.uint64(page_shift)
+        return np.where(inside, pgoff + delta, np.uint64(0)).astype(np.uint64)
+
     def take(self, column: str, at: np.ndarray, default) -> np.ndarray:
         """*column* of the VMA at each index of *at*, *default* where -1."""
         values = getattr(self, column)
@@ -157,49 +169,62 @@ class Lookups:
 
     # -- struct page ---------------------------------------------------------
 
+    def page_addresses(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(struct page address, known)`` of each pfn, by the kernel's memory
+        model (:class:`~ksminspect.layout.MemMap`). Raises NotImplementedError
+        where no model is found (``why["pfn_to_page"]``)."""
+        mm_ = self._mem_map
+        if mm_ is None:
+            raise NotImplementedError("neither a vmemmap, a mem_map nor a mem_section was found")
+        size = np.uint64(self.layout.struct_page_size)
+        pfns = pfns.astype(np.uint64)
+        if mm_.model == "linear":  # struct page addresses beyond the address space cannot be read
+            known = pfns < np.uint64(((1 << 64) - 1 - mm_.base) // int(size))
+            return np.where(known, np.uint64(mm_.base) + pfns * size, np.uint64(0)), known
+        nr = pfns >> np.uint64(mm_.section_shift)
+        root, index = nr // np.uint64(mm_.sections_per_root), nr % np.uint64(mm_.sections_per_root)
+        known = root < np.uint64(mm_.roots)
+        ptr = np.uint64(self.layout.pointer_size)
+        if mm_.extreme:
+            roots, ok = self.w.memory.read_words(np.where(known, np.uint64(mm_.base) + root * ptr, np.uint64(0)))
+            known &= ok & (roots != 0)
+        else:
+            roots = np.uint64(mm_.base) + root * np.uint64(mm_.sections_per_root * mm_.section_size)
+        section = roots + index * np.uint64(mm_.section_size) + np.uint64(mm_.section_mem_map)
+        encoded, ok = self.w.memory.read_words(np.where(known, section, np.uint64(0)))
+        known &= ok & ((encoded & np.uint64(mm_.has_mem_map)) != 0)
+        pages = (encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF)) + pfns * size
+        return np.where(known, pages, np.uint64(0)), known
+
+    @property
+    def _mem_map(self):
+        if "mem_map" not in self.__dict__:
+            from ksminspect.layout import mem_map
+
+            self.__dict__["mem_map"] = mem_map(self.prog)
+        return self.__dict__["mem_map"]
+
     def page_mappings(self, pfns: np.ndarray,
                       heads: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(pfn_to_page(pfn)->mapping, readable, where each mapping is)``
-        for each pfn (where: 0 if unknown), read from
-        the vmemmap array where it is linear (SPARSEMEM_VMEMMAP), else by
-        drgn's pfn_to_page(). With *heads*, a tail page of a compound page
+        """``(page->mapping, readable, where each mapping is)`` for each pfn
+        (where: 0 if unknown). With *heads*, a tail page of a compound page
         (a THP) answers its head's mapping: what makes it anonymous. Raises
-        what pfn_to_page() raises where it cannot run on this kernel
-        (HELPER_LIMITS)."""
-        from drgn.helpers.linux.mm import compound_head, pfn_to_page
-
-        size, off = self.layout.struct_page_size, self.layout.page_mapping
-        base = pfn_to_page(self.prog, 0).value_()
-        linear = pfn_to_page(self.prog, 1 << 20).value_() == base + (size << 20)
-        if not linear:
-            mapping = np.zeros(len(pfns), np.uint64)
-            readable = np.zeros(len(pfns), bool)
-            at = np.zeros(len(pfns), np.uint64)
-            for i, pfn in enumerate(pfns.tolist()):
-                try:
-                    page = pfn_to_page(self.prog, pfn)
-                    at[i] = page.value_() + off
-                    mapping[i] = (compound_head(page) if heads else page).mapping.value_()
-                    readable[i] = True
-                except (drgn.FaultError, OverflowError, ValueError):
-                    pass
-            return mapping, readable, at
-        # struct page addresses beyond the address space cannot be read
-        fits = pfns < np.uint64(((1 << 64) - 1 - base - off) // size)
-        addresses = np.where(fits, np.uint64(base + off) + pfns * np.uint64(size), np.uint64(0))
+        NotImplementedError where no memory model is found."""
+        off = np.uint64(self.layout.page_mapping)
+        pages, known = self.page_addresses(pfns)
+        addresses = np.where(known, pages + off, np.uint64(0))
         mapping, readable = self.w.memory.read_words(addresses)
         compound = self.layout.page_compound
         if heads and compound is not None:
             offset, masked = compound
-            pages = addresses - np.uint64(off)
-            info, known = self.w.memory.read_words(np.where(fits, pages + np.uint64(offset), np.uint64(0)))
-            tail = known & fits & ((info & np.uint64(1)) != 0)
+            info, ok = self.w.memory.read_words(np.where(known, pages + np.uint64(offset), np.uint64(0)))
+            tail = ok & known & ((info & np.uint64(1)) != 0)
             if np.any(tail):
                 head = (pages[tail] & info[tail]) if masked else info[tail] - np.uint64(1)
-                head_mapping, ok = self.w.memory.read_words(head + np.uint64(off))
+                head_mapping, head_ok = self.w.memory.read_words(head + off)
                 mapping[tail] = head_mapping
-                readable[tail] &= ok
-        return mapping, readable & fits, addresses
+                readable[tail] &= head_ok
+        return mapping, readable & known, addresses
 
 
 def _vm_flags(vma: drgn.Object, little_endian: bool) -> int:

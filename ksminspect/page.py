@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import drgn
@@ -13,6 +13,7 @@ from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, CannotTell, KsmInspectError
 from ksminspect.layout import PAGE_MAPPING_ANON, PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM, get_layout
 from ksminspect.program import dump_description
+from ksminspect.rmapwalk import Reach
 from ksminspect.session import session
 from ksminspect.stable import StableTreeNode, for_each_stable_tree_node
 from ksminspect.walk import WalkDamage
@@ -39,6 +40,8 @@ class PageReport:
     pid: Optional[int] = None
     address: Optional[int] = None
     in_dump: Optional[bool] = None  # the page frame's own memory (False: the dump left it out)
+    # a KSM page: whether rmap_walk_ksm() reaches each sharer's mapping, by item
+    reach: dict[int, Reach] = field(default_factory=dict)
 
     @property
     def is_ksm(self) -> bool:
@@ -133,9 +136,37 @@ def _items_for_anon_page(prog: drgn.Program, pfn: int, index: int) -> list[RmapI
     """rmap_items whose address maps *pfn*: candidates by the page's linear
     index (anonymous pages keep index == address >> PAGE_SHIFT unless moved by
     mremap), each confirmed through the page tables."""
+    from ksminspect.pagetable import page_tables
+
     address = index << get_layout(prog).page_shift
-    return [item for item in _items_at(prog, address)
-            if follow_page_frame(drgn.Object(prog, "struct mm_struct *", item.mm), address) == pfn]
+    return [item for item in _items_at(prog, address) if page_tables(prog).pfn_at(item.mm, address) == pfn]
+
+
+def _reach(prog: drgn.Program, pfn: int, entry: StableTreeNode) -> dict[int, Reach]:
+    """Whether rmap_walk_ksm() reaches each sharer of KSM page *pfn*'s node."""
+    from ksminspect.errors import CannotTell
+    from ksminspect.pagetable import page_tables
+    from ksminspect.rmapwalk import RmapWalk
+
+    items, mms, _, _, pages, _ = entry.sharers.columns()
+    if not items:
+        return {}
+    layout = get_layout(prog)
+    c = session(prog).collect()
+    rows = c.item_rows(np.array(items, np.uint64))
+    replay, tables = RmapWalk(prog, layout), page_tables(prog)
+    out = {}
+    for item, mm, page, row in zip(items, mms, pages, rows.tolist()):
+        offset = int(c.items["offset"][row]) if layout.rmap_item.offset is not None and row >= 0 else None
+        try:
+            mapped = tables.pfn_at(mm, page)
+        except CannotTell as e:
+            out[item] = Reach(None, e.reason)
+            continue
+        anon = int(c.items["anon_vma"][row]) if row >= 0 else 0
+        out[item] = replay.reach(anon, mm, page, offset, -1 if mapped is None else mapped, pfn,
+                                 layout.rmap_item.offset_member)
+    return out
 
 
 def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
@@ -143,7 +174,8 @@ def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
     if mapping & PAGE_MAPPING_FLAGS == PAGE_MAPPING_KSM:
         node = mapping & ~PAGE_MAPPING_FLAGS
         entry, chain = _find_node(prog, node)
-        return PageReport(pfn, page, mapping, node, entry, chain, [], in_dump=page_in_dump(prog, pfn))
+        return PageReport(pfn, page, mapping, node, entry, chain, [], in_dump=page_in_dump(prog, pfn),
+                          reach=_reach(prog, pfn, entry) if entry is not None else {})
     try:
         index = pfn_to_page(prog, pfn).index.value_()
     except (drgn.FaultError, AttributeError, LookupError):
@@ -162,7 +194,9 @@ def inspect_address(prog: drgn.Program, pid: int, address: int) -> PageReport:
         raise KsmInspectError(f"pid {pid} has no mm (a kernel thread, or exiting)")
     page_address = address & get_layout(prog).page_mask
     items = _items_at(prog, page_address, mm)
-    pfn = follow_page_frame(task.mm, page_address)
+    from ksminspect.pagetable import page_tables
+
+    pfn = page_tables(prog).pfn_at(mm, page_address)
     if pfn is None:
         report = PageReport(-1, 0, 0, None, None, None, items)
     else:

@@ -32,14 +32,19 @@ def physical(prog: drgn.Program, address: int) -> int:
     return follow_phys(prog["init_mm"].address_of_(), address).value_()
 
 
+class Physical(int):
+    """A patch address that is physical already (a page table entry)."""
+
+
 def damaged_copy(prog: drgn.Program, vmcore_xz: Path, out: Path,
                  patches: Iterable[tuple[int, bytes]]) -> Path:
-    """A copy of the dump at *out* with each ``(kernel address, bytes)`` written."""
+    """A copy of the dump at *out* with each ``(kernel address, bytes)``
+    written (a :class:`Physical` address as it is)."""
     core = Path(decompressed(str(vmcore_xz)))
     shutil.copyfile(core, out)
     with open(out, "r+b") as f:
         for address, data in patches:
-            f.seek(file_offset(core, physical(prog, address)))
+            f.seek(file_offset(core, address if isinstance(address, Physical) else physical(prog, address)))
             f.write(data)
     return out
 

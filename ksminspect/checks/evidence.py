@@ -28,6 +28,7 @@ from ksminspect.walk import Damage, Walker, WalkDamage
 #   "unstable_trees": every item in the unstable trees (address 0)
 #   "ksm_counters": KSM's global counters and whether the scan is between passes (0)
 #   "word": the pointer-sized word at the address
+#   "pte": the page table entry at that physical address (pagetable.entry_at)
 Obj = tuple[str, int]
 ROWS = ("rmap_item", "stable_node", "mm_struct")
 
@@ -100,6 +101,11 @@ def values_now(prog: drgn.Program, c: Collection, objs: Iterable[Obj]) -> dict[O
                 out[obj] = w.read_word("word", address, address)
             except WalkDamage as e:
                 out[obj] = e.damage
+        elif kind == "pte":
+            try:
+                out[obj] = prog.read(address, 8, True)
+            except drgn.FaultError as e:
+                out[obj] = str(e)
     return out
 
 

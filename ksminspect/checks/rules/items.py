@@ -92,25 +92,31 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
     c, lay = ctx.c, ctx.layout.rmap_item
     if lay.offset is None:
         return
-    shift = np.uint64(ctx.layout.page_shift)
+    shift = ctx.layout.page_shift
     state = c.state
     for mm, rows in _by_mm(ctx, _left_rows(ctx)):
         offset = c.items["offset"][rows].astype(np.uint64)
-        index = c.page_address(rows) >> shift
+        page = c.page_address(rows)
         vmas, at = _vma_of(ctx, mm, rows)
-        if vmas is None:  # the linear page index can still be matched; vm_pgoff cannot
+        if vmas is None:  # the page number can still be matched; vm_pgoff cannot
             out.cannot_tell(ctx.look.why["vmas"])
+            at = np.full(len(rows), -1)
+        # Where no VMA holds the page any more, its page number is the linear
+        # page index its VMA had if it never moved: 8 bytes matched exactly.
+        index = (np.where(at >= 0, vmas.linear_page_index(at, page, shift), page >> np.uint64(shift))
+                 if vmas is not None else page >> np.uint64(shift))
         pgoff = vmas.take("pgoff", at, 0) if vmas is not None else np.zeros(len(rows), np.uint64)
         by_pgoff = (at >= 0) & (offset == pgoff) & (pgoff != index)
         for k in np.nonzero((offset != 0) & ((offset == index) | by_pgoff))[0]:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
             matches = []
             if offset[k] == index[k]:
-                matches.append(f"its linear page index {int(index[k]):#x}")
+                matches.append(f"its linear page index {int(index[k]):#x}" if at[k] >= 0 else
+                               f"its page number {int(index[k]):#x} (no VMA holds it now)")
             if by_pgoff[k]:
                 matches.append(f"its VMA's vm_pgoff {int(pgoff[k]):#x}")
             out.add(Severity.ERROR, address,
-                    f"rmap_item {address:#x} ({STATE_WORDS[state[row]]}) at {int(c.page_address(row)):#x} "
+                    f"rmap_item {address:#x} ({STATE_WORDS[state[row]]}) at {int(page[k]):#x} "
                     f"still holds {lay.offset_member} {int(offset[k]):#x}, exactly "
                     f"{' and '.join(matches)}: the offset was not reset when it left the stable tree",
                     row, rule="exact overlay match")
@@ -121,22 +127,22 @@ def wrong_offset(ctx: Context, out: RuleOut) -> None:
     c, lay = ctx.c, ctx.layout.rmap_item
     if lay.offset is None:
         return
-    shift = np.uint64(ctx.layout.page_shift)
     for mm, rows in _by_mm(ctx, _stable_rows(ctx)):
         vmas, at = _vma_of(ctx, mm, rows)
         if vmas is None:
             out.cannot_tell(ctx.look.why["vmas"])
             continue
         offset = c.items["offset"][rows].astype(np.uint64)
-        index = c.page_address(rows) >> shift
+        page = c.page_address(rows)
+        index = vmas.linear_page_index(at, page, ctx.layout.page_shift)
         pgoff = vmas.take("pgoff", at, 0)
-        for k in np.nonzero((offset != index) & ((at < 0) | (offset != pgoff)))[0]:
+        # no VMA holds the page: vma-mergeable says so; nothing to compare with
+        for k in np.nonzero((at >= 0) & (offset != index) & (offset != pgoff))[0]:
             row, address = int(rows[k]), int(c.item_address[rows[k]])
             out.add(Severity.ERROR, address,
-                    f"stable rmap_item {address:#x} at {int(c.page_address(row)):#x}: its "
+                    f"stable rmap_item {address:#x} at {int(page[k]):#x}: its "
                     f"{lay.offset_member} is {int(offset[k]):#x}, neither its linear page "
-                    f"index {int(index[k]):#x}"
-                    + (f" nor its VMA's vm_pgoff {int(pgoff[k]):#x}" if at[k] >= 0 else ""), row)
+                    f"index {int(index[k]):#x} nor its VMA's vm_pgoff {int(pgoff[k]):#x}", row)
 
 
 @rule("overlay-garbage", "age and remaining_skips are values the smart scan can produce")

@@ -1,0 +1,142 @@
+"""Would the kernel's reverse map of each KSM page reach every mapping of it?
+Replays rmap_walk_ksm() (:mod:`ksminspect.rmapwalk`) against the page tables
+(:mod:`ksminspect.pagetable`): what the seed's offset is for."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ksminspect.checks.engine import Context, RuleOut, Severity, rule
+from ksminspect.checks.rules.items import _by_mm, _stable_rows
+from ksminspect.errors import HELPER_LIMITS, CannotTell
+from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
+from ksminspect.pagetable import page_tables
+from ksminspect.rmapwalk import RmapWalk
+
+
+@rule("rmap-walk", "rmap_walk_ksm() reaches every mapping of a KSM page: each stable item's VMA through its "
+      "anon_vma's interval tree (at its stored page offset, on kernels with the seed's member), and "
+      "each mapping of a KSM page from an item on the page's stable node", "stable_trees")
+def rmap_walk(ctx: Context, out: RuleOut) -> None:
+    replay = RmapWalk(ctx.prog, ctx.layout)
+    _items_reach_their_mappings(ctx, out, replay)
+    _mappings_have_items(ctx, out, replay)
+
+
+def _offsets(ctx: Context, rows: np.ndarray) -> Optional[np.ndarray]:
+    """The stored page offsets where the kernel has the seed's member."""
+    if ctx.layout.rmap_item.offset is None:
+        return None
+    return ctx.c.items["offset"][rows].astype(np.uint64)
+
+
+def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) -> None:
+    """Each stable item whose address maps its node's kpfn: the first pass
+    of rmap_walk_ksm() reaches that mapping's VMA. An item whose address maps
+    nothing or another page (written since the last scan) is no finding."""
+    c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
+    member = ctx.layout.rmap_item.offset_member
+    for mm, rows in _by_mm(ctx, _stable_rows(ctx)):
+        pages = c.page_address(rows)
+        try:
+            pfns = tables.pfns_at(mm, pages)
+        except CannotTell as e:
+            out.cannot_tell(e.reason)
+            continue
+        at = nodes.index_of(c.items["head"][rows])
+        kpfn = np.where(at >= 0, nodes.rows["kpfn"][np.maximum(at, 0)].astype(np.int64), -2)
+        mapped = np.nonzero(pfns == kpfn)[0]
+        offsets = _offsets(ctx, rows)
+        anon = c.items["anon_vma"][rows]
+        for k in mapped[np.argsort(anon[mapped], kind="stable")].tolist():
+            offset = int(offsets[k]) if offsets is not None else None
+            reach = replay.reach(int(anon[k]), mm, int(pages[k]), offset, int(pfns[k]), int(kpfn[k]), member)
+            if reach.reached is None:
+                out.cannot_tell(reach.why)
+                continue
+            if reach.reached:
+                continue
+            item, head = int(c.item_address[rows[k]]), int(c.items["head"][rows[k]])
+            reads: list = [("rmap_item", item), ("stable_node", head)]
+            entry = tables.entry_at(mm, int(pages[k]))
+            if entry is not None:
+                reads.append(("pte", entry))
+            out.add(Severity.ERROR, item,
+                    f"rmap_walk_ksm would not find this mapping of KSM page {int(pfns[k]):#x}: stable "
+                    f"rmap_item {item:#x} of mm {mm:#x} at {int(pages[k]):#x}: {reach.why}",
+                    int(rows[k]), rule="replay", reads=reads)
+
+
+def _mappings_have_items(ctx: Context, out: RuleOut, replay: RmapWalk) -> None:
+    """Each page table entry of a mergeable VMA of an mm on ksm_mm_head that
+    maps a KSM page is known to the page's stable node: an item of that mm at
+    that address on its hlist, or one of another mm at that address whose
+    anon_vma's tree links the VMA (the kernel's second pass: a fork)."""
+    c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
+    found: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    for run in c.runs:
+        vmas = ctx.look.vmas(run.mm)
+        if vmas is None:
+            out.cannot_tell(ctx.look.why.get("vmas", f"the VMAs of mm {run.mm:#x} cannot be read"))
+            continue
+        try:
+            for i in np.nonzero(vmas.mergeable)[0].tolist():
+                addresses, pfns = tables.mapped(run.mm, int(vmas.start[i]), int(vmas.end[i]))
+                found.append((run.mm, addresses, pfns, np.full(len(pfns), int(vmas.address[i]), np.uint64)))
+        except CannotTell as e:
+            out.cannot_tell(e.reason)
+    if not found:
+        return
+    mms = np.concatenate([np.full(len(a), mm, np.uint64) for mm, a, _, _ in found])
+    addresses = np.concatenate([a for _, a, _, _ in found])
+    pfns = np.concatenate([p for _, _, p, _ in found])
+    vma_of = np.concatenate([v for _, _, _, v in found])
+    try:
+        mapping, readable, _ = ctx.look.page_mappings(pfns)
+    except HELPER_LIMITS as e:
+        out.cannot_tell(f"which pages are KSM pages cannot be read ({e})")
+        return
+    ksm = readable & ((mapping & np.uint64(PAGE_MAPPING_FLAGS)) == np.uint64(PAGE_MAPPING_KSM))
+    node_of = nodes.index_of(mapping & np.uint64(~PAGE_MAPPING_FLAGS & (2**64 - 1)))
+    ksm &= node_of >= 0  # a page whose node the walks did not meet: the kpfn rule's side
+    which = np.nonzero(ksm)[0]
+    if not len(which):
+        return
+    # what the nodes' hlists know: (node, mm, page) of each item on them
+    rows = nodes.hlist_rows
+    known = _keys(nodes.address[nodes.hlist_node], c.items["mm"][rows], c.page_address(rows))
+    asked = _keys(nodes.address[node_of[which]], mms[which], addresses[which])
+    for k in which[~np.isin(asked, known)].tolist():
+        node, mm, address = int(nodes.address[node_of[k]]), int(mms[k]), int(addresses[k])
+        if _forked(ctx, replay, node_of[k], mm, address, int(vma_of[k])):
+            continue
+        reads: list = [("stable_node_hlist", node)]
+        entry = tables.entry_at(mm, address)
+        if entry is not None:
+            reads.append(("pte", entry))
+        out.add(Severity.ERROR, node,
+                f"mm {mm:#x} maps KSM page {int(pfns[k]):#x} (stable node {node:#x}) at {address:#x}, but no "
+                f"rmap_item on the node's hlist knows this mapping: rmap_walk_ksm would not find it",
+                rule="every mapping known", reads=reads)
+
+
+def _keys(*columns: np.ndarray) -> np.ndarray:
+    """Rows of uint64 columns as one comparable value each."""
+    stacked = np.ascontiguousarray(np.stack([col.astype(np.uint64) for col in columns], axis=1))
+    return stacked.view(np.dtype((np.void, 8 * len(columns)))).ravel()
+
+
+def _forked(ctx: Context, replay: RmapWalk, node: int, mm: int, address: int, vma: int) -> bool:
+    """The kernel's second pass reaches the mapping: an item of another mm
+    on the node at the same address whose anon_vma's tree links the VMA."""
+    c, nodes = ctx.c, ctx.c.nodes
+    rows = nodes.hlist_rows[nodes.hlist_start[node]:nodes.hlist_stop[node]]
+    pages = c.page_address(rows)
+    offsets = _offsets(ctx, rows)
+    for j in np.nonzero(pages == np.uint64(address))[0].tolist():
+        offset = int(offsets[j]) if offsets is not None else None
+        if replay.second_pass_reaches(int(c.items["anon_vma"][rows[j]]), mm, address, vma, offset):
+            return True
+    return False
