@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 KSMINSPECT = Path(sys.executable).parent / "ksminspect"
 COMMANDS = [["summary"], ["mm"], ["rmap", "--format", "json"], ["stable-tree", "--format", "json"],
             ["unstable-tree", "--format", "json"], ["page", "{kpfn}"], ["snapshot", "-"],
-            ["check", "--format", "json"], ["explain", "--format", "json"]]
+            ["check", "--format", "json"], ["check", "--only", "rmap-walk", "--format", "json"],
+            ["explain", "--format", "json"]]
 
 
 def a_kpfn(vmcore: Path, vmlinux: str) -> str:

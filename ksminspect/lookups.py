@@ -196,6 +196,37 @@ class Lookups:
         pages = (encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF)) + pfns * size
         return np.where(known, pages, np.uint64(0)), known
 
+    def pfn_of_page(self, page: int) -> Optional[int]:
+        """The pfn whose struct page is at *page* (page_to_pfn()), None where
+        no pfn's is; NotImplementedError as :meth:`page_addresses`."""
+        mm_ = self._mem_map
+        if mm_ is None:
+            raise NotImplementedError("neither a vmemmap, a mem_map nor a mem_section was found")
+        size = self.layout.struct_page_size
+        if mm_.model == "linear":
+            pfn, rest = divmod(page - mm_.base, size)
+            return pfn if pfn >= 0 and not rest else None
+        ptr = self.layout.pointer_size
+        per_root = mm_.sections_per_root
+        if mm_.extreme:
+            roots, ok = self.w.memory.read_words(np.uint64(mm_.base) + np.arange(mm_.roots, dtype=np.uint64)
+                                                 * np.uint64(ptr))
+            roots = np.where(ok, roots, np.uint64(0))
+        else:
+            roots = np.uint64(mm_.base) + np.arange(mm_.roots, dtype=np.uint64) * np.uint64(per_root * mm_.section_size)
+        for r in np.nonzero(roots)[0].tolist():
+            nrs = np.arange(r * per_root, (r + 1) * per_root, dtype=np.uint64)
+            at = roots[r] + (nrs - np.uint64(r * per_root)) * np.uint64(mm_.section_size) \
+                + np.uint64(mm_.section_mem_map)
+            encoded, ok = self.w.memory.read_words(at)
+            ok &= (encoded & np.uint64(mm_.has_mem_map)) != 0
+            maps = (encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF)).astype(object)
+            for nr, base in zip(nrs[ok].tolist(), maps[ok].tolist()):
+                pfn, rest = divmod(page - base, size)
+                if not rest and nr << mm_.section_shift <= pfn < (nr + 1) << mm_.section_shift:
+                    return pfn
+        return None
+
     @property
     def _mem_map(self):
         if "mem_map" not in self.__dict__:

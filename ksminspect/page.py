@@ -7,7 +7,7 @@ from typing import Optional
 
 import drgn
 import numpy as np
-from drgn.helpers.linux.mm import follow_pfn, pfn_to_page
+from drgn.helpers.linux.mm import follow_pfn
 
 from ksminspect.decode import RmapItem
 from ksminspect.errors import HELPER_LIMITS, CannotTell, KsmInspectError
@@ -67,7 +67,6 @@ def page_frame(prog: drgn.Program, target: int) -> int:
     """*target* as a page frame number: a pfn below max_pfn as given, else
     the pfn of the struct page at that address (crash's ``kmem -p`` takes
     either)."""
-    from drgn.helpers.linux.mm import page_to_pfn
 
     try:
         max_pfn = prog["max_pfn"].value_()
@@ -75,9 +74,11 @@ def page_frame(prog: drgn.Program, target: int) -> int:
         return target  # cannot tell the two apart: a pfn, as documented
     if target < max_pfn:
         return target
+    from ksminspect.lookups import Lookups
+
     try:
-        pfn = page_to_pfn(drgn.Object(prog, "struct page *", target)).value_()
-        if pfn < max_pfn and pfn_to_page(prog, pfn).value_() == target:
+        pfn = Lookups(prog, session(prog).walker).pfn_of_page(target)
+        if pfn is not None and pfn < max_pfn:
             return pfn
     except HELPER_LIMITS + (drgn.FaultError, ValueError, OverflowError):
         pass
@@ -86,9 +87,23 @@ def page_frame(prog: drgn.Program, target: int) -> int:
                           f"a process, add --pid")
 
 
+def struct_page(prog: drgn.Program, pfn: int) -> drgn.Object:
+    """The ``struct page *`` of *pfn*, by the kernel's memory model
+    (:meth:`~ksminspect.lookups.Lookups.page_addresses`)."""
+    from ksminspect.lookups import Lookups
+
+    try:
+        pages, known = Lookups(prog, session(prog).walker).page_addresses(np.array([pfn], np.uint64))
+    except NotImplementedError as e:
+        raise CannotTell(f"the struct page of pfn {pfn:#x} cannot be found ({e})") from None
+    if not known[0]:
+        raise KsmInspectError(f"pfn {pfn:#x} has no struct page")
+    return drgn.Object(prog, "struct page *", int(pages[0]))
+
+
 def page_mapping(prog: drgn.Program, pfn: int) -> tuple[int, int]:
     """``(struct page *, page->mapping)`` of *pfn*."""
-    page = _drgn_helper(pfn_to_page, prog, pfn)
+    page = struct_page(prog, pfn)
     try:
         return page.value_(), page.mapping.value_()
     except drgn.FaultError:
@@ -177,7 +192,7 @@ def inspect_pfn(prog: drgn.Program, pfn: int) -> PageReport:
         return PageReport(pfn, page, mapping, node, entry, chain, [], in_dump=page_in_dump(prog, pfn),
                           reach=_reach(prog, pfn, entry) if entry is not None else {})
     try:
-        index = pfn_to_page(prog, pfn).index.value_()
+        index = struct_page(prog, pfn).index.value_()
     except (drgn.FaultError, AttributeError, LookupError):
         index = None
     anon = mapping & PAGE_MAPPING_ANON

@@ -76,24 +76,25 @@ class RmapWalk:
         cols = np.array(rows, np.uint64).reshape(len(rows), 5)
         return TreeVmas(*(cols[:, i] for i in range(5)))
 
-    def first_pass(self, anon_vma: int, mm: int, address: int,
-                   offset: Optional[int]) -> tuple[Optional[bool], Optional[int], Optional[str]]:
-        """``(reached, vma, why)``: whether the first pass reaches the VMA of
-        *mm* holding *address* through *anon_vma*, looking up page offset
-        *offset* (None: the whole range); the VMA the tree links there (None:
-        the tree links none); why it cannot tell (reached None)."""
+    def first_pass(self, anon_vma: int, mm: int, pages: np.ndarray,
+                   offsets: Optional[np.ndarray]) -> Union[str, tuple[np.ndarray, np.ndarray]]:
+        """Whether the first pass reaches, through *anon_vma*, the VMA of *mm*
+        holding each of *pages*, looking up each page offset of *offsets*
+        (None: the whole range): ``(the index of that VMA in the tree, -1
+        where it links none; reached)``, or why it cannot tell."""
         tree = self.tree(anon_vma)
         if isinstance(tree, str):
-            return None, None, tree
-        here = np.nonzero((tree.mm == np.uint64(mm)) & (tree.start <= np.uint64(address))
-                          & (np.uint64(address) < tree.end))[0]
-        if not len(here):
-            return False, None, None
-        if offset is None:
-            return True, int(tree.vma[here[0]]), None
+            return tree
+        mine = np.nonzero(tree.mm == np.uint64(mm))[0]  # the mm's VMAs do not overlap
+        mine = mine[np.argsort(tree.start[mine], kind="stable")]
+        k = np.searchsorted(tree.start[mine], pages, side="right") - 1
+        inside = (k >= 0) & (pages < tree.end[mine][np.maximum(k, 0)]) if len(mine) else np.zeros(len(pages), bool)
+        at = np.where(inside, mine[np.maximum(k, 0)] if len(mine) else -1, -1)
+        if offsets is None:
+            return at, inside
         last = tree.last_pgoff(self.layout.page_shift)
-        hit = here[(tree.pgoff[here] <= np.uint64(offset)) & (np.uint64(offset) <= last[here])]
-        return bool(len(hit)), int(tree.vma[here[0]]), None
+        i = np.maximum(at, 0)
+        return at, inside & (tree.pgoff[i] <= offsets) & (offsets <= last[i])
 
     def reach(self, anon_vma: int, mm: int, page: int, offset: Optional[int], pfn: int, kpfn: int,
               member: Optional[str]) -> Reach:
@@ -103,17 +104,19 @@ class RmapWalk:
         if pfn != kpfn:
             return Reach(None, "its address maps " + ("nothing" if pfn < 0 else f"another page ({pfn:#x})")
                          + ": written or unmapped since ksmd's last scan")
-        reached, vma, why = self.first_pass(anon_vma, mm, page, offset)
-        if reached is None:
-            return Reach(None, why or "")
+        got = self.first_pass(anon_vma, mm, np.array([page], np.uint64),
+                              None if offset is None else np.array([offset], np.uint64))
+        if isinstance(got, str):
+            return Reach(None, got)
+        at, reached = int(got[0][0]), bool(got[1][0])
         if reached:
             return Reach(True, "through anon_vma " + f"{anon_vma:#x}" + ("" if offset is None else
                                                                            f" at {member} {offset:#x}"))
-        if vma is None:
+        if at < 0:
             return Reach(False, f"its anon_vma {anon_vma:#x}'s interval tree links no VMA of the mm there")
         tree = self.tree(anon_vma)
         assert not isinstance(tree, str)
-        i = int(np.nonzero(tree.vma == np.uint64(vma))[0][0])
+        i = at
         first, last = int(tree.pgoff[i]), int(tree.last_pgoff(self.layout.page_shift)[i])
         return Reach(False, f"stored {member} {offset:#x}, at which the series' lookup (the interval tree of "
                             f"anon_vma {anon_vma:#x} at the stored offset) misses the VMA mapping it "

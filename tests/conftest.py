@@ -40,6 +40,29 @@ class Dump:
     def processes(self) -> list[dict[str, Any]]:
         return self.truth["processes"]
 
+    def sharer(self, index: int = 0) -> dict[str, Any]:
+        """A process whose pages KSM merged: sharer *index* of the workload's
+        sharers, or with ksmw.rmapwalk its one sharer."""
+        return next((p for p in self.processes if p["role"] == "share" and p["index"] == index), None) or \
+            next(p for p in self.processes if p["role"] == "rwshare")
+
+    def not_unmapped(self) -> dict[str, list[int]]:
+        """The kernel's own verdict after the dump (ksmw.rmapwalk): the page
+        indexes of each mover region that move_pages(2) could not migrate, a
+        KSM page whose reverse map missed a mapping; {} without one."""
+        regions = self.truth.get("after_dump", {}).get("regions", {})
+        return {name: [i for i, (a, b) in enumerate(zip(r["nodes_before"], r["nodes_after"])) if a == b]
+                for name, r in regions.items()}
+
+    @property
+    def patched(self) -> bool:
+        """Its kernel carries the seed patch (vmcores/kernels.tsv's patch column)."""
+        for line in (VMCORES / "kernels.tsv").read_text().splitlines():
+            fields = line.split("\t")
+            if not line.startswith("#") and fields[0] == self.truth["kernel"]:
+                return "seed" in fields[3]
+        return False
+
 
 def find_dumps() -> list[Dump]:
     """The committed dumps, then those under $KSMINSPECT_EXTRA_DUMPS (made by

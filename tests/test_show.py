@@ -67,7 +67,7 @@ def test_stable_tree_has_chain_beyond_max_page_sharing(dump: Dump) -> None:
 
 
 def test_stable_tree_filters(dump: Dump) -> None:
-    share1 = next(p for p in dump.processes if p["role"] == "share" and p["index"] == 1)
+    share1 = dump.sharer(1)
     pid = share1["pid"]
     data = run_json(*dump.args, "stable-tree", "--pid", str(pid))
     pages = [e for t in data["trees"] for n in t["nodes"] for e in (n["dups"] or [n])]
@@ -94,7 +94,7 @@ def test_rmap_states_match_counters(dump: Dump) -> None:
 
 
 def test_rmap_filters(dump: Dump) -> None:
-    pid = next(p["pid"] for p in dump.processes if p["role"] == "share")
+    pid = dump.sharer()["pid"]
     data = run_json(*dump.args, "rmap", "--pid", str(pid), "--state", "stable", "--all-fields")
     assert data["items"]
     assert {i["pid"] for i in data["items"]} == {pid}

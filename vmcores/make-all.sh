@@ -98,8 +98,9 @@ for k in $kernels; do
     xz -T2 -9e -c "$WORK/build/$k/vmlinux.debug" >"$dst"
 done
 # The live tests boot these kernels (tests/test_live.py, tests/test_live_seed.py)
-# with the debug info above: the same build (scripts/build-kernel.sh, builds.tsv).
-for k in 6.12 7.2-seed; do
+# with the debug info above: the same build (scripts/build-kernel.sh, builds.tsv);
+# 7.2-rmap's image is kept beside its debug info likewise.
+for k in 6.12 7.2-seed 7.2-rmap; do
     if [ -f "$WORK/build/$k/bzImage" ]; then cp "$WORK/build/$k/bzImage" "$here/kernels/$k/bzImage"; fi
 done
 echo "make-all: done in $(( $(date +%s) - start )) s"

@@ -29,6 +29,7 @@ from ksminspect.walk import Damage, Walker, WalkDamage
 #   "ksm_counters": KSM's global counters and whether the scan is between passes (0)
 #   "word": the pointer-sized word at the address
 #   "pte": the page table entry at that physical address (pagetable.entry_at)
+#   "anon_vma_tree": the VMAs that anon_vma's interval tree links (rmapwalk.RmapWalk.tree)
 Obj = tuple[str, int]
 ROWS = ("rmap_item", "stable_node", "mm_struct")
 
@@ -73,8 +74,11 @@ def values_now(prog: drgn.Program, c: Collection, objs: Iterable[Obj]) -> dict[O
     """Each object as the kernel holds it now, read from fresh memory."""
     from ksminspect.counters import scan_state
 
+    from ksminspect.rmapwalk import RmapWalk
+
     objs = list(objs)
     w = Walker(prog, c.layout)  # fresh: nothing read before is kept
+    replay: Optional[RmapWalk] = None
     out: dict[Obj, Hashable] = {}
     for kind in ROWS:
         addresses = np.array([a for k, a in objs if k == kind], np.uint64)
@@ -101,6 +105,11 @@ def values_now(prog: drgn.Program, c: Collection, objs: Iterable[Obj]) -> dict[O
                 out[obj] = w.read_word("word", address, address)
             except WalkDamage as e:
                 out[obj] = e.damage
+        elif kind == "anon_vma_tree":
+            replay = replay or RmapWalk(prog, c.layout)
+            tree = replay.tree(address)
+            out[obj] = tree if isinstance(tree, str) else tuple(
+                tuple(column.tolist()) for column in (tree.vma, tree.mm, tree.start, tree.end, tree.pgoff))
         elif kind == "pte":
             try:
                 out[obj] = prog.read(address, 8, True)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # build-kernel.sh NAME: build the fixture kernel NAME of vmcores/kernels.tsv
 # from Debian's linux-source-SOURCE (unpacked by fetch-sources.sh) into
-# $WORK/build/NAME/{vmlinux,bzImage|Image}. A patch is applied to a copy of
-# the tree; the config is `make tinyconfig`, then scripts/kernel.config, then
+# $WORK/build/NAME/{vmlinux,bzImage|Image}. A patch (or several, joined with
+# "+" in the patch column: A.patch+B.patch, applied in that order) is applied
+# to a copy of the tree, $WORK/src/linux-A (linux-A+B for two; the path is in
+# the debug info, so in the Build ID); the config is `make tinyconfig`, then
+# scripts/kernel.config, then
 # the line's own KEY=VALUE options. The build's time and number come from
 # vmcores/builds.tsv (see below).
 set -euo pipefail
@@ -13,10 +16,16 @@ read -r source arch patch config < <(awk -F'\t' -v n="$name" '!/^#/ && $1 == n {
 [ -n "${source:-}" ] || { echo "build-kernel.sh: no kernel $name in kernels.tsv" >&2; exit 1; }
 src=$WORK/src/linux-$source
 if [ "$patch" != - ]; then
-    tree=$WORK/src/linux-${patch%.patch}
+    IFS=+ read -r -a patches <<<"$patch"
+    tree=$WORK/src/linux-
+    for p in "${patches[@]}"; do tree+=${p%.patch}+; done
+    tree=${tree%+}
     if [ ! -d "$tree" ]; then
+        rm -rf "$tree.tmp"
         cp -a "$src" "$tree.tmp"
-        patch -s -d "$tree.tmp" -p1 <"$here/../patches/$patch"
+        for p in "${patches[@]}"; do
+            patch -s -d "$tree.tmp" -p1 <"$here/../patches/$p"
+        done
         mv "$tree.tmp" "$tree"
     fi
     src=$tree

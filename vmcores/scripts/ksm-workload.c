@@ -74,6 +74,34 @@
  *                  cgroup's memory.current, memory.stat and pids (0)
  *   With explain or cgroups, each process's truth also gets its cgroup
  *   (/proc/PID/cgroup) and its RSS lines of /proc/PID/status.
+ *   rmapwalk       N: the fixture of rmap_walk_ksm()'s VMA lookup (sharers,
+ *                  volatile and exit default to 0 with it). Two processes:
+ *                  ksm-mover0 with three mergeable regions at fixed, far apart
+ *                  addresses, each of its own contents (every page distinct):
+ *                  moved, N pages filled, then moved with mremap(MREMAP_FIXED)
+ *                  before KSM sees them (its VMA keeps the vm_pgoff of where
+ *                  it was mapped); split, 2N pages, merged, then mprotect
+ *                  (PROT_READ) on its second half (a VMA split: the second
+ *                  half's vm_pgoff is the first's + N); plain, N pages. And
+ *                  ksm-rwshare0, one plain region with the same contents, so
+ *                  that every mover page is a KSM page mapped twice. With 2
+ *                  NUMA nodes both bind to node 0. ksmd runs until every page
+ *                  of both is merged, the split is made, two more full scans,
+ *                  then run=0. The truth gets "rmapwalk": the regions (start,
+ *                  pages, split point, the vm_pgoff the mover's calls gave
+ *                  them, the node and PFN of each page, the sharer's PFNs),
+ *                  the VMAs of both (smaps; /proc/PID/maps's offset column is
+ *                  0 for anonymous VMAs) and the counters when merged and
+ *                  after the split. After the dump (the host's word: a 'g' on
+ *                  /dev/ttyS1, see make-dump.py), each region's pages are
+ *                  migrated to node 1 with one move_pages(2) call per region,
+ *                  MPOL_MF_MOVE_ALL (do_pages_move stops at the first batch
+ *                  with a page it could not migrate), and the kernel's verdict
+ *                  is printed between KSMINSPECT-AFTER-BEGIN and -END: each
+ *                  call's return value and status array, where every page (and
+ *                  the sharer's copy) is afterwards. A KSM page that stays
+ *                  behind is one whose reverse map missed a mapping. N at most
+ *                  16384 (0)
  *   capture        makedumpfile's options, commas for spaces ("-c,-d,31"): a
  *                  crash-kernel capture, as a distribution takes one. At start
  *                  /capture/kexec -p loads /capture/vmlinuz with
@@ -100,6 +128,7 @@
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1192,6 +1221,523 @@ static void print_hugetlb(void)
 	printf("}");
 }
 
+/*
+ * ksmw.rmapwalk: a mover process whose mergeable regions were moved
+ * (mremap), split (mprotect after merging) or neither, and a sharer holding
+ * the same contents, so that every mover page is a KSM page mapped once by
+ * the mover and once by the sharer. After the dump, the kernel is asked to
+ * migrate each region's pages to the other node (move_pages(2),
+ * MPOL_MF_MOVE_ALL): a KSM page migrates only if rmap_walk_ksm() reaches
+ * both its mappings, so a page left behind is one whose reverse map missed
+ * a mapping.
+ */
+enum { RW_MOVED, RW_SPLIT, RW_PLAIN, RW_COUNT };
+static const char *const rw_names[RW_COUNT] = { "moved", "split", "plain" };
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#define MPOL_MF_MOVE_ALL_ (1 << 2)
+
+/* Fixed, far apart addresses: no two regions' VMAs can merge. */
+#if UINTPTR_MAX > 0xffffffffUL
+#define RW_AT(slot) ((uintptr_t)0x600000000000ULL + (uintptr_t)(slot) * 0x10000000000ULL)
+#else
+#define RW_AT(slot) ((uintptr_t)0x20000000UL + (uintptr_t)(slot) * 0x08000000UL)
+#endif
+#define RW_AT_PLAIN RW_AT(0)
+#define RW_AT_SPLIT RW_AT(1)
+#define RW_AT_MOVED_FROM RW_AT(2)	/* mapped and filled here, then moved */
+#define RW_AT_MOVED RW_AT(3)
+#define RW_AT_SHARER RW_AT(4)		/* the sharer: moved, split, plain contents */
+
+#define ID_RMAPWALK (8ULL << 24)	/* + (region << 20) + page */
+#define RW_UNWRITTEN (-2147483647 - 1)	/* a status entry the kernel did not write */
+
+static long g_rmapwalk;			/* N: pages of the moved and plain regions */
+static int g_rw_nodes = 1, g_rw_bind = -1, g_rw_target = -1;
+static int g_rw_split_errno = -1;	/* mprotect's, reported by the mover */
+static int g_rw_ack;			/* the mover's answers to the parent */
+
+struct rw_counts {
+	long mover, sharer, pages_shared, pages_sharing, full_scans;
+};
+static struct rw_counts g_rw_settled, g_rw_after_split;
+static long g_rw_wait_scans = -1;	/* full scans until every page merged */
+static struct child *g_rw_mover, *g_rw_sharer;
+
+static long rw_pages(int r)
+{
+	return r == RW_SPLIT ? 2 * g_rmapwalk : g_rmapwalk;
+}
+
+static uintptr_t rw_start(int r)
+{
+	return r == RW_MOVED ? RW_AT_MOVED : r == RW_SPLIT ? RW_AT_SPLIT : RW_AT_PLAIN;
+}
+
+/* Where region r's contents are in the sharer's one region. */
+static uintptr_t rw_sharer_start(int r)
+{
+	return RW_AT_SHARER + (r == RW_MOVED ? 0 : r == RW_SPLIT ? g_rmapwalk : 3 * g_rmapwalk) * PAGE;
+}
+
+static unsigned page_shift(void)
+{
+	return __builtin_ctzl(PAGE);
+}
+
+static unsigned char *rw_map(uintptr_t at, long n)
+{
+	void *p = mmap((void *)at, n * PAGE, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (p == MAP_FAILED || (uintptr_t)p != at) {
+		say("rmapwalk: mmap at 0x%lx: %s", (unsigned long)at,
+		    p == MAP_FAILED ? strerror(errno) : "another address");
+		exit(1);
+	}
+	return p;
+}
+
+static void rw_fill(unsigned char *p, int r, long first, long n)
+{
+	for (long j = 0; j < n; j++)
+		fill(p + j * PAGE, ID_RMAPWALK + ((uint64_t)r << 20) + first + j);
+}
+
+static void rw_mergeable(void *p, long n)
+{
+	/* base pages only (THP is "always" in the fixture kernels) */
+	madvise(p, n * PAGE, MADV_NOHUGEPAGE);
+	mergeable(p, n);
+}
+
+static void mover_command(char c)
+{
+	if (c != 'p')
+		return;
+	/* split the split region's VMA: its second half gets vm_pgoff + N */
+	g_rw_split_errno = mprotect((void *)(RW_AT_SPLIT + g_rmapwalk * PAGE),
+				    g_rmapwalk * PAGE, PROT_READ) ? errno : 0;
+	if (g_rw_split_errno)
+		say("rmapwalk: mprotect: %s", strerror(g_rw_split_errno));
+	if (write(g_rw_ack, &g_rw_split_errno, sizeof(int)) != sizeof(int))
+		exit(1);
+}
+
+static void mover_body(int cmd, int ack)
+{
+	long n = g_rmapwalk;
+	unsigned char *p;
+	void *q;
+	int r;
+
+	if (g_rw_bind >= 0)
+		bind_node(g_rw_bind);
+	/* moved: filled, then moved before KSM ever sees it */
+	p = rw_map(RW_AT_MOVED_FROM, n);
+	rw_fill(p, RW_MOVED, 0, n);
+	q = mremap(p, n * PAGE, n * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)RW_AT_MOVED);
+	if (q == MAP_FAILED || (uintptr_t)q != RW_AT_MOVED) {
+		say("rmapwalk: mremap: %s", q == MAP_FAILED ? strerror(errno) : "another address");
+		exit(1);
+	}
+	p = rw_map(RW_AT_SPLIT, 2 * n);
+	rw_fill(p, RW_SPLIT, 0, 2 * n);
+	p = rw_map(RW_AT_PLAIN, n);
+	rw_fill(p, RW_PLAIN, 0, n);
+	for (r = 0; r < RW_COUNT; r++)
+		rw_mergeable((void *)rw_start(r), rw_pages(r));
+	g_rw_ack = ack;
+	child_wait(cmd, ack, mover_command, 0);
+}
+
+static void rw_sharer_command(char c)
+{
+	(void)c;
+}
+
+static void rw_sharer_body(int cmd, int ack)
+{
+	unsigned char *p;
+	int r;
+
+	if (g_rw_bind >= 0)
+		bind_node(g_rw_bind);
+	p = rw_map(RW_AT_SHARER, 4 * g_rmapwalk);
+	for (r = 0; r < RW_COUNT; r++)
+		rw_fill((unsigned char *)rw_sharer_start(r), r, 0, rw_pages(r));
+	rw_mergeable(p, 4 * g_rmapwalk);
+	child_wait(cmd, ack, rw_sharer_command, 0);
+}
+
+/* NUMA: bind both processes to node 0, migrate to node 1 after the dump. */
+static void rw_setup(void)
+{
+	char path[64];
+
+	while (g_rw_nodes < 64) {
+		snprintf(path, sizeof(path), "/sys/devices/system/node/node%d", g_rw_nodes);
+		if (access(path, F_OK))
+			break;
+		g_rw_nodes++;
+	}
+	if (g_rw_nodes >= 2) {
+		g_rw_bind = 0;
+		g_rw_target = 1;
+	} else {
+		say("rmapwalk: one NUMA node: no binding, no migration after the dump");
+	}
+}
+
+static void rw_count(struct rw_counts *c)
+{
+	c->mover = proc_long(g_rw_mover->pid, "ksm_merging_pages");
+	c->sharer = proc_long(g_rw_sharer->pid, "ksm_merging_pages");
+	c->pages_shared = ksm_counter("pages_shared");
+	c->pages_sharing = ksm_counter("pages_sharing");
+	c->full_scans = ksm_counter("full_scans");
+}
+
+/*
+ * With ksmd running: wait until every page of both processes is merged,
+ * split the split region (mprotect in the mover), let ksmd scan twice more.
+ */
+static void rw_merge_then_split(void)
+{
+	long want = 4 * g_rmapwalk, scans = 0;
+	char c = 'p';
+
+	for (;;) {
+		rw_count(&g_rw_settled);
+		if (g_rw_settled.mover >= want && g_rw_settled.sharer >= want)
+			break;
+		if (scans >= 50 || wait_full_scans(1, 600)) {
+			say("rmapwalk: not all merged: mover %ld, sharer %ld of %ld",
+			    g_rw_settled.mover, g_rw_settled.sharer, want);
+			break;
+		}
+		scans++;
+	}
+	g_rw_wait_scans = scans;
+	if (write(g_rw_mover->cmd, &c, 1) != 1 ||
+	    read(g_rw_mover->ack, &g_rw_split_errno, sizeof(int)) != sizeof(int) ||
+	    read(g_rw_mover->ack, &c, 1) != 1)
+		say("rmapwalk: the mover did not split");
+	wait_full_scans(2, 600);
+	rw_count(&g_rw_after_split);
+	say("rmapwalk: merged mover %ld sharer %ld; after the split (errno %d) "
+	    "mover %ld sharer %ld, pages_shared %ld pages_sharing %ld",
+	    g_rw_settled.mover, g_rw_settled.sharer, g_rw_split_errno,
+	    g_rw_after_split.mover, g_rw_after_split.sharer,
+	    g_rw_after_split.pages_shared, g_rw_after_split.pages_sharing);
+}
+
+static void print_counts(const char *key, const struct rw_counts *c)
+{
+	printf(", \"%s\": {\"mover_ksm_merging_pages\": %ld, \"sharer_ksm_merging_pages\": %ld, "
+	       "\"pages_shared\": %ld, \"pages_sharing\": %ld, \"full_scans\": %ld}",
+	       key, c->mover, c->sharer, c->pages_shared, c->pages_sharing, c->full_scans);
+}
+
+/* Arrays of up to 2N entries, allocated in this mode only. */
+static void *rw_alloc(size_t size)
+{
+	void *p = calloc(2 * g_rmapwalk, size);
+
+	if (!p) {
+		say("rmapwalk: out of memory");
+		exit(1);
+	}
+	return p;
+}
+
+static void **rw_addrs(uintptr_t start, long n)
+{
+	static void **addrs;
+
+	if (!addrs)
+		addrs = rw_alloc(sizeof(*addrs));
+	for (long j = 0; j < n; j++)
+		addrs[j] = (void *)(start + j * PAGE);
+	return addrs;
+}
+
+/* The node of each page (move_pages without nodes: only asks). */
+static long rw_nodes(pid_t pid, uintptr_t start, long n, int *status)
+{
+	for (long j = 0; j < n; j++)
+		status[j] = RW_UNWRITTEN;
+	return syscall(SYS_move_pages, pid, n, rw_addrs(start, n), NULL, status, 0);
+}
+
+static void print_ints(const char *key, const int *v, long n)
+{
+	printf("\"%s\": [", key);
+	for (long j = 0; j < n; j++) {
+		if (j)
+			printf(", ");
+		if (v[j] == RW_UNWRITTEN)
+			printf("null");
+		else
+			printf("%d", v[j]);
+	}
+	printf("]");
+}
+
+/* The PFN of each page, from /proc/PID/pagemap (0: not present). */
+static void print_pfns(pid_t pid, uintptr_t start, long n)
+{
+	char path[64];
+	uint64_t e;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", pid);
+	fd = open(path, O_RDONLY);
+	printf("[");
+	for (long j = 0; j < n; j++) {
+		off_t at = (off_t)((start + j * PAGE) >> page_shift()) * 8;
+
+		if (fd < 0 || pread(fd, &e, 8, at) != 8)
+			e = 0;
+		printf("%s\"0x%llx\"", j ? ", " : "",
+		       (unsigned long long)((e >> 63) ? e & ((1ULL << 55) - 1) : 0));
+	}
+	printf("]");
+	if (fd >= 0)
+		close(fd);
+}
+
+/* The vm_pgoff a VMA holding these addresses has, from what the mover did. */
+static unsigned long rw_vm_pgoff(pid_t pid, unsigned long start)
+{
+	if (pid == g_rw_mover->pid && start == RW_AT_MOVED)
+		return RW_AT_MOVED_FROM >> page_shift();
+	return start >> page_shift();	/* never moved; a split-off half starts there */
+}
+
+/* The VMAs of /proc/PID/smaps that hold a region of the fixture. */
+static void print_rw_vmas(struct child *ch, int *first)
+{
+	static char smaps[1 << 16];
+	static const char *const keys[] = { "Rss", "Anonymous", "KSM" };
+	char path[64], *p, *next;
+	unsigned long start, end, a, b;
+	unsigned long long offset;
+	char perms[8];
+	int r, k;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps", ch->pid);
+	if (read_all(path, smaps, sizeof(smaps)))
+		smaps[0] = 0;
+	for (p = smaps; p && *p; p = next) {
+		if (sscanf(p, "%lx-%lx %7s %llx ", &start, &end, perms, &offset) != 4)
+			break;
+		for (next = strchr(p, '\n'); next; next = strchr(next + 1, '\n'))
+			if (sscanf(next + 1, "%lx-%lx ", &a, &b) == 2)
+				break;
+		if (next)
+			*next++ = 0;
+		for (r = 0; r < RW_COUNT; r++) {
+			uintptr_t s = ch == g_rw_mover ? rw_start(r) : rw_sharer_start(r);
+
+			if (s < end && s + rw_pages(r) * PAGE > start)
+				break;
+		}
+		if (r == RW_COUNT)
+			continue;
+		printf("%s\n   {\"process\": \"%s\", \"pid\": %d, \"start\": \"0x%lx\", "
+		       "\"end\": \"0x%lx\", \"pages\": %ld, \"perms\": \"%s\", "
+		       "\"maps_offset\": \"0x%llx\", \"vm_pgoff\": %lu, \"regions\": [",
+		       *first ? "" : ",", ch->role, ch->pid, start, end,
+		       (long)((end - start) / PAGE), perms, offset, rw_vm_pgoff(ch->pid, start));
+		for (k = 0, r = 0; r < RW_COUNT; r++) {
+			uintptr_t s = ch == g_rw_mover ? rw_start(r) : rw_sharer_start(r);
+
+			if (s < end && s + rw_pages(r) * PAGE > start)
+				printf("%s\"%s\"", k++ ? ", " : "", rw_names[r]);
+		}
+		printf("], \"smaps_kb\": {");
+		for (k = 0; k < 3; k++)
+			printf("%s\"%s\": %ld", k ? ", " : "", keys[k], field_long(p, keys[k]));
+		printf("}}");
+		*first = 0;
+	}
+}
+
+static void print_rmapwalk(void)
+{
+	int *nodes = rw_alloc(sizeof(int));
+	char buf[32];
+	int r, first = 1;
+	long n = g_rmapwalk;
+
+	printf(",\n\"rmapwalk\": {\"pages\": %ld, \"mover_pid\": %d, \"sharer_pid\": %d, "
+	       "\"pgoff_store\": ", n, g_rw_mover->pid, g_rw_sharer->pid);
+	if (read_text("/sys/module/ksm/parameters/pgoff_store", buf, sizeof(buf)))
+		printf("null");
+	else
+		json_string(buf);
+	printf(", \"numa_nodes\": %d, \"bind_node\": %d, \"target_node\": %d, "
+	       "\"split_errno\": %d, \"full_scans_waited_for_merge\": %ld",
+	       g_rw_nodes, g_rw_bind, g_rw_target, g_rw_split_errno, g_rw_wait_scans);
+	print_counts("merged", &g_rw_settled);
+	print_counts("after_split", &g_rw_after_split);
+	printf(",\n \"vm_pgoff_note\": \"vm_pgoff: derived from the mover's own mmap, "
+	       "mremap and mprotect calls; /proc/PID/maps shows 0 as the offset of an "
+	       "anonymous VMA (maps_offset)\"");
+	printf(",\n \"regions\": [");
+	for (r = 0; r < RW_COUNT; r++) {
+		uintptr_t s = rw_start(r);
+
+		printf("%s\n  {\"name\": \"%s\", \"kind\": \"%s\", \"start\": \"0x%lx\", "
+		       "\"end\": \"0x%lx\", \"pages\": %ld, \"content_id\": \"0x%llx\", "
+		       "\"sharer_start\": \"0x%lx\"", r ? "," : "", rw_names[r], rw_names[r],
+		       (unsigned long)s, (unsigned long)(s + rw_pages(r) * PAGE), rw_pages(r),
+		       (unsigned long long)(ID_RMAPWALK + ((uint64_t)r << 20)),
+		       (unsigned long)rw_sharer_start(r));
+		if (r == RW_MOVED)
+			printf(", \"mapped_at\": \"0x%lx\", \"vm_pgoff\": %lu",
+			       (unsigned long)RW_AT_MOVED_FROM,
+			       (unsigned long)(RW_AT_MOVED_FROM >> page_shift()));
+		else if (r == RW_SPLIT)
+			printf(", \"split_at\": \"0x%lx\", \"pages_before_split\": %ld, "
+			       "\"pages_after_split\": %ld, \"vm_pgoff\": [%lu, %lu]",
+			       (unsigned long)(s + n * PAGE), n, n,
+			       (unsigned long)(s >> page_shift()),
+			       (unsigned long)(s >> page_shift()) + n);
+		else
+			printf(", \"vm_pgoff\": %lu", (unsigned long)(s >> page_shift()));
+		printf(",\n   \"move_pages_stat\": %ld, ",
+		       rw_nodes(g_rw_mover->pid, s, rw_pages(r), nodes));
+		print_ints("nodes", nodes, rw_pages(r));
+		printf(",\n   \"pfns\": ");
+		print_pfns(g_rw_mover->pid, s, rw_pages(r));
+		printf(",\n   \"sharer_pfns\": ");
+		print_pfns(g_rw_sharer->pid, rw_sharer_start(r), rw_pages(r));
+		printf("}");
+	}
+	printf("],\n \"vmas\": [");
+	print_rw_vmas(g_rw_mover, &first);
+	print_rw_vmas(g_rw_sharer, &first);
+	printf("]}");
+	free(nodes);
+}
+
+/*
+ * The host's word that the dump is taken: a line on the second serial port
+ * (make-dump.py connects to it after the dump). Returns -1 without one.
+ */
+static int rw_wait_for_host(void)
+{
+	int fd = open("/dev/ttyS1", O_RDWR | O_NOCTTY);
+	struct termios t;
+	char c;
+
+	if (fd < 0) {
+		say("rmapwalk: /dev/ttyS1: %s: no word from the host", strerror(errno));
+		return -1;
+	}
+	if (!tcgetattr(fd, &t)) {
+		cfmakeraw(&t);
+		tcsetattr(fd, TCSANOW, &t);
+	}
+	while (read(fd, &c, 1) == 1)
+		if (c == 'g') {
+			close(fd);
+			return 0;
+		}
+	say("rmapwalk: /dev/ttyS1: %s", strerror(errno));
+	close(fd);
+	return -1;
+}
+
+/* After the dump: the kernel's verdict, one move_pages(2) call per region. */
+static void rmapwalk_after_dump(void)
+{
+	int *status, *before, *after, *sharer, *targets;
+	long n, j, ret, moved, stayed, half[2][2];
+	int r, err;
+
+	if (g_rw_target < 0 || rw_wait_for_host()) {
+		/* nothing tried: the host is told so, not left waiting */
+		printf("KSMINSPECT-AFTER-BEGIN\n{\"error\": \"%s\"}\nKSMINSPECT-AFTER-END\n",
+		       g_rw_target < 0 ? "one NUMA node: no migration" : "no word from the host");
+		fflush(stdout);
+		return;
+	}
+	say("rmapwalk: the host took the dump; migrating each region to node %d", g_rw_target);
+	status = rw_alloc(sizeof(int));
+	before = rw_alloc(sizeof(int));
+	after = rw_alloc(sizeof(int));
+	sharer = rw_alloc(sizeof(int));
+	targets = rw_alloc(sizeof(int));
+	printf("KSMINSPECT-AFTER-BEGIN\n{\"target_node\": %d, \"flags\": \"MPOL_MF_MOVE_ALL\", "
+	       "\"status_note\": \"status: move_pages(2)'s array (null: not written, as for "
+	       "every page of a batch with a page it could not migrate); nodes_after: "
+	       "where each page is after the call (move_pages without nodes)\", "
+	       "\"regions\": {", g_rw_target);
+	for (r = 0; r < RW_COUNT; r++) {
+		uintptr_t s = rw_start(r);
+
+		n = rw_pages(r);
+		rw_nodes(g_rw_mover->pid, s, n, before);
+		for (j = 0; j < n; j++) {
+			targets[j] = g_rw_target;
+			status[j] = RW_UNWRITTEN;
+		}
+		ret = syscall(SYS_move_pages, g_rw_mover->pid, n, rw_addrs(s, n), targets,
+			      status, MPOL_MF_MOVE_ALL_);
+		err = ret < 0 ? errno : 0;
+		rw_nodes(g_rw_mover->pid, s, n, after);
+		rw_nodes(g_rw_sharer->pid, rw_sharer_start(r), n, sharer);
+		moved = stayed = 0;
+		memset(half, 0, sizeof(half));
+		for (j = 0; j < n; j++) {
+			int h = r == RW_SPLIT && j >= g_rmapwalk;
+
+			if (after[j] == g_rw_target) {
+				moved++;
+				half[h][0]++;
+			} else {
+				stayed++;
+				half[h][1]++;
+			}
+		}
+		printf("%s\n \"%s\": {\"start\": \"0x%lx\", \"pages\": %ld, \"ret\": %ld, "
+		       "\"errno\": %d, \"moved\": %ld, \"not_moved\": %ld",
+		       r ? "," : "", rw_names[r], (unsigned long)s, n, ret, err, moved, stayed);
+		if (r == RW_SPLIT)
+			printf(", \"first_half\": {\"moved\": %ld, \"not_moved\": %ld}, "
+			       "\"second_half\": {\"moved\": %ld, \"not_moved\": %ld}",
+			       half[0][0], half[0][1], half[1][0], half[1][1]);
+		printf(", \"not_moved_pages\": [");
+		for (j = 0, moved = 0; j < n; j++)
+			if (after[j] != g_rw_target)
+				printf("%s%ld", moved++ ? ", " : "", j);
+		printf("],\n  ");
+		print_ints("status", status, n);
+		printf(",\n  ");
+		print_ints("nodes_before", before, n);
+		printf(",\n  ");
+		print_ints("nodes_after", after, n);
+		printf(",\n  ");
+		print_ints("sharer_nodes_after", sharer, n);
+		printf("}");
+		fflush(stdout);
+	}
+	printf("}");
+	{
+		struct rw_counts c;
+
+		rw_count(&c);
+		print_counts("ksm_after", &c);
+	}
+	printf("}\nKSMINSPECT-AFTER-END\n");
+	fflush(stdout);
+}
+
 int main(void)
 {
 	long exit_flag, cow_written = 0, steps = -1, pairs_merged = 0;
@@ -1208,19 +1754,22 @@ int main(void)
 	g_page_size = sysconf(_SC_PAGESIZE);
 	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 
-	g_sharers = param("sharers", 4);
+	g_rmapwalk = param("rmapwalk", 0);
+	if (g_rmapwalk > 16384)
+		g_rmapwalk = 16384;
+	g_sharers = param("sharers", g_rmapwalk > 0 ? 0 : 4);
 	g_shared = param("shared", 32);
 	g_chain = param("chain", 3);
 	g_ncow = param("cow", 8);
 	g_unique = param("unique", 48);
-	g_nvolatile = param("volatile", 16);
+	g_nvolatile = param("volatile", g_rmapwalk > 0 ? 0 : 16);
 	g_zero = param("zero", 0);
 	g_npairs = param("pairs", 0);
 	g_numa = param("numa", 0);
 	g_sparse = param("sparse", 0);
 	g_same = param("same", 0);
 	g_batch = param("batch", 0);
-	exit_flag = param("exit", 1);
+	exit_flag = param("exit", g_rmapwalk > 0 ? 0 : 1);
 	live = param("live", 0);
 	explain = param("explain", 0);
 	g_explain_pages = param("explain_pages", 16);
@@ -1256,6 +1805,7 @@ int main(void)
 		/* a kernel without CONFIG_KSM: nothing to create, nothing to record */
 		g_sharers = g_nvolatile = g_zero = g_npairs = exit_flag = explain = 0;
 		g_nthp = 0;
+		g_rmapwalk = 0;
 		say("no " KSM);
 	}
 
@@ -1314,6 +1864,13 @@ int main(void)
 		g_explainer = &children[nchildren - 1];
 		explain_info(g_explainer, &g_explain);
 	}
+	if (g_rmapwalk > 0) {
+		rw_setup();
+		spawn("mover", 0, mover_body);
+		g_rw_mover = &children[nchildren - 1];
+		spawn("rwshare", 0, rw_sharer_body);
+		g_rw_sharer = &children[nchildren - 1];
+	}
 	say("%d processes ready; merging", nchildren);
 
 	if (access(KSM "run", F_OK))
@@ -1339,6 +1896,9 @@ int main(void)
 		write(exiter->cmd, "x", 1);
 		waitpid(exiter->pid, NULL, 0);
 	}
+
+	if (g_rmapwalk > 0)
+		rw_merge_then_split();	/* ksmd still running */
 
 	/* Stop ksmd (run=0 waits for the batch in progress), then break COW. */
 	if (!live)
@@ -1393,6 +1953,8 @@ record:
 		       explain ? g_nhugetlb : 0, cgroups);
 	if (g_nthp > 0)	/* only with ksmw.thp: the truth of the others unchanged */
 		printf(", \"thp\": %ld", g_nthp);
+	if (g_rmapwalk > 0)	/* likewise */
+		printf(", \"rmapwalk\": %ld", g_rmapwalk);
 	printf("},\n");
 	{
 		struct utsname u;
@@ -1410,8 +1972,12 @@ record:
 		print_cgroups();
 	if (explain)
 		print_hugetlb();
+	if (g_rmapwalk > 0)
+		print_rmapwalk();
 	printf("}\nKSMINSPECT-TRUTH-END\nKSMINSPECT-READY\n");
 	fflush(stdout);
+	if (g_rmapwalk > 0)
+		rmapwalk_after_dump();	/* once the host has the dump */
 	if (strstr(cmdline, "ksmw.capture=")) {
 		/* crash: the capture kernel writes the dump; first, 10 s for
 		 * the host to take QEMU's dumps of the same state */

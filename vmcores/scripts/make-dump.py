@@ -6,6 +6,7 @@ vmcore + truth.json into the output directory.
     make-dump.py --kernel IMAGE --initrd INIT.CPIO.GZ --out DIR
                  [--arch x86_64|i386|arm64] [--paging] [--memory MB] [--numa N]
                  [--format elf|kdump-zlib] [--also FORMAT=FILE] [--append "ksmw.x=y ..."]
+                 [--after-dump]
 
 --paging asks QEMU for a dump whose segments carry the guest's virtual
 addresses (``dump-guest-memory`` with ``paging: true``): the only kind drgn
@@ -13,6 +14,12 @@ can read for an architecture it has no page-table walker for (i386).
 --format kdump-zlib writes QEMU's kdump-compressed format, flattened, as
 ``virsh dump --memory-only --format kdump-zlib`` does; --also adds a dump
 of the same guest state in another format.
+--after-dump (on by itself when the command line has ksmw.rmapwalk=N, N > 0)
+lets the guest go on once the dump is taken: QEMU gets a second serial port
+(the guest's ttyS1) on a socket, to which a 'g' is written after the dump;
+the guest's output between KSMINSPECT-AFTER-BEGIN and KSMINSPECT-AFTER-END
+then goes into truth.json as "after_dump" (ksm-workload.c's rmapwalk: the
+kernel's verdict on migrating the pages). Every other dump is made as before.
 """
 
 from __future__ import annotations
@@ -84,7 +91,15 @@ def main() -> int:
     ap.add_argument("--numa", type=int, default=0)
     ap.add_argument("--append", default="")
     ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--after-dump", action="store_true",
+                    help="let the guest continue after the dump and record what it prints "
+                         "(implied by ksmw.rmapwalk=N, N > 0)")
     args = ap.parse_args()
+    m = re.search(r"(?:^|\s)ksmw\.rmapwalk=(\S+)", args.append)
+    if m and m.group(1) not in ("0", "0x0"):
+        args.after_dump = True
+    if args.after_dump and args.capture:
+        ap.error("--after-dump: not with --capture")
 
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="ksmdump-")
@@ -101,6 +116,10 @@ def main() -> int:
     ]
     if args.capture:
         cmd += ["-drive", f"file={args.capture},format=raw,if=virtio"]
+    go = os.path.join(tmp, "go.sock")
+    if args.after_dump:  # the guest's ttyS1: the host's word that the dump is taken
+        cmd += ["-chardev", f"socket,id=go,path={go},server=on,wait=off",
+                "-serial", "chardev:go"]
     if args.numa:
         per = args.memory // args.numa
         for n in range(args.numa):
@@ -137,6 +156,20 @@ def main() -> int:
                 os.unlink(vmcore)
             for fmt, path in [(args.format, vmcore)] + [a.split("=", 1) for a in args.also]:
                 dump_guest_memory(sock, fmt, path, args.paging)
+            if args.after_dump:
+                after_start = time.time()
+                g = socket.socket(socket.AF_UNIX)
+                g.connect(go)
+                g.sendall(b"g\n")
+                while "KSMINSPECT-AFTER-END" not in text:
+                    if vm.poll() is not None:
+                        raise SystemExit(f"QEMU exited after the dump; see {log}")
+                    if time.time() - after_start > args.timeout:
+                        raise SystemExit(f"no KSMINSPECT-AFTER-END within {args.timeout} s; see {log}")
+                    time.sleep(1)
+                    with open(log, errors="replace") as f:
+                        text = f.read()
+                g.close()
             qmp(sock, {"execute": "quit"})
             vm.wait(60)
     finally:
@@ -151,6 +184,10 @@ def main() -> int:
         "paging": args.paging,
         "format": args.format,
     }
+    if args.after_dump:  # what the guest printed once the dump was taken
+        m = re.search(r"KSMINSPECT-AFTER-BEGIN\n(.*?)\nKSMINSPECT-AFTER-END", text, re.S)
+        truth["after_dump"] = json.loads(m.group(1))
+        truth["dump"]["after_dump_seconds"] = round(time.time() - after_start, 1)
     with open(os.path.join(args.out, "truth.json"), "w") as f:
         json.dump(truth, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -4,50 +4,21 @@ stable item points at, and what an item outside the stable tree still keeps
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
 
 import numpy as np
 
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
-from ksminspect.lookups import NO_ANSWER, AnonVmaState, Vmas
-from ksminspect.decode import NONE, STABLE, STATE_WORDS, UNSTABLE
+from ksminspect.checks.rules.select import by_mm, left_rows, stable_rows, vma_of
+from ksminspect.lookups import NO_ANSWER, AnonVmaState
+from ksminspect.decode import STABLE, STATE_WORDS, UNSTABLE
 from ksminspect.layout import MAX_REMAINING_SKIPS
 from ksminspect.mm import mm_owner
-
-
-def _by_mm(ctx: Context, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """*rows* (walked, in walk order) grouped by the mm whose list holds them."""
-    runs = ctx.c.runs
-    # rows ascend, and each run is a stretch of rows
-    starts = np.searchsorted(rows, [r.start for r in runs]).tolist()
-    stops = np.searchsorted(rows, [r.stop for r in runs]).tolist()
-    for run, start, stop in zip(runs, starts, stops):
-        if start < stop:
-            yield run.mm, rows[start:stop]
-
-
-def _vma_of(ctx: Context, mm: int, rows: np.ndarray) -> tuple[Optional[Vmas], np.ndarray]:
-    """The mm's VMAs and the VMA index of each row's page (-1: none)."""
-    vmas = ctx.look.vmas(mm)
-    if vmas is None:
-        return None, np.full(len(rows), -1)
-    return vmas, vmas.at(ctx.c.page_address(rows))
-
-
-def _stable_rows(ctx: Context) -> np.ndarray:
-    return np.nonzero(ctx.c.state[:ctx.c.walked] == STABLE)[0]
-
-
-def _left_rows(ctx: Context) -> np.ndarray:
-    """Walked items outside the stable tree (unstable or in no tree)."""
-    state = ctx.c.state[:ctx.c.walked]
-    return np.nonzero((state == NONE) | (state == UNSTABLE))[0]
 
 
 @rule("anon-vma", "a stable item's anon_vma is a live anon_vma")
 def anon_vma(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
-    rows = _stable_rows(ctx)
+    rows = stable_rows(ctx)
     slots = c.items["anon_vma"][rows]
     why: dict[int, AnonVmaState] = {0: "is NULL"}
     for a in np.unique(slots).tolist():
@@ -66,8 +37,8 @@ def anon_vma(ctx: Context, out: RuleOut) -> None:
 @rule("vma-mergeable", "a stable item's address lies in a VMA that KSM may merge")
 def vma_mergeable(ctx: Context, out: RuleOut) -> None:
     c = ctx.c
-    for mm, rows in _by_mm(ctx, _stable_rows(ctx)):
-        vmas, at = _vma_of(ctx, mm, rows)
+    for mm, rows in by_mm(ctx, stable_rows(ctx)):
+        vmas, at = vma_of(ctx, mm, rows)
         if vmas is None:
             out.cannot_tell(ctx.look.why["vmas"])
             continue
@@ -94,10 +65,10 @@ def stale_offset(ctx: Context, out: RuleOut) -> None:
         return
     shift = ctx.layout.page_shift
     state = c.state
-    for mm, rows in _by_mm(ctx, _left_rows(ctx)):
+    for mm, rows in by_mm(ctx, left_rows(ctx)):
         offset = c.items["offset"][rows].astype(np.uint64)
         page = c.page_address(rows)
-        vmas, at = _vma_of(ctx, mm, rows)
+        vmas, at = vma_of(ctx, mm, rows)
         if vmas is None:  # the page number can still be matched; vm_pgoff cannot
             out.cannot_tell(ctx.look.why["vmas"])
             at = np.full(len(rows), -1)
@@ -127,8 +98,8 @@ def wrong_offset(ctx: Context, out: RuleOut) -> None:
     c, lay = ctx.c, ctx.layout.rmap_item
     if lay.offset is None:
         return
-    for mm, rows in _by_mm(ctx, _stable_rows(ctx)):
-        vmas, at = _vma_of(ctx, mm, rows)
+    for mm, rows in by_mm(ctx, stable_rows(ctx)):
+        vmas, at = vma_of(ctx, mm, rows)
         if vmas is None:
             out.cannot_tell(ctx.look.why["vmas"])
             continue
@@ -176,7 +147,7 @@ def overlay_garbage(ctx: Context, out: RuleOut) -> None:
 @rule("stale-anon-vma", "what an item outside the stable tree keeps in its anon_vma slot")
 def stale_anon_vma(ctx: Context, out: RuleOut) -> None:
     c, numa = ctx.c, ctx.layout.numa
-    rows = _left_rows(ctx)
+    rows = left_rows(ctx)
     if numa:
         rows = rows[c.state[rows] != UNSTABLE]  # an unstable item's slot holds its nid
     rows = rows[c.items["anon_vma"][rows] != 0]

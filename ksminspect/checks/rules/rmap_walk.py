@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
-from ksminspect.checks.rules.items import _by_mm, _stable_rows
+from ksminspect.checks.rules.select import by_mm, stable_rows
 from ksminspect.errors import HELPER_LIMITS, CannotTell
 from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
 from ksminspect.pagetable import page_tables
@@ -38,7 +38,7 @@ def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) ->
     nothing or another page (written since the last scan) is no finding."""
     c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
     member = ctx.layout.rmap_item.offset_member
-    for mm, rows in _by_mm(ctx, _stable_rows(ctx)):
+    for mm, rows in by_mm(ctx, stable_rows(ctx)):
         pages = c.page_address(rows)
         try:
             pfns = tables.pfns_at(mm, pages)
@@ -50,16 +50,19 @@ def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) ->
         mapped = np.nonzero(pfns == kpfn)[0]
         offsets = _offsets(ctx, rows)
         anon = c.items["anon_vma"][rows]
-        for k in mapped[np.argsort(anon[mapped], kind="stable")].tolist():
+        missed = []
+        for a in np.unique(anon[mapped]).tolist():
+            group = mapped[anon[mapped] == np.uint64(a)]
+            got = replay.first_pass(a, mm, pages[group], offsets[group] if offsets is not None else None)
+            if isinstance(got, str):
+                out.cannot_tell(got)
+                continue
+            missed += group[~got[1]].tolist()
+        for k in sorted(missed):
             offset = int(offsets[k]) if offsets is not None else None
             reach = replay.reach(int(anon[k]), mm, int(pages[k]), offset, int(pfns[k]), int(kpfn[k]), member)
-            if reach.reached is None:
-                out.cannot_tell(reach.why)
-                continue
-            if reach.reached:
-                continue
             item, head = int(c.item_address[rows[k]]), int(c.items["head"][rows[k]])
-            reads: list = [("rmap_item", item), ("stable_node", head)]
+            reads: list = [("rmap_item", item), ("stable_node", head), ("anon_vma_tree", int(anon[k]))]
             entry = tables.entry_at(mm, int(pages[k]))
             if entry is not None:
                 reads.append(("pte", entry))
