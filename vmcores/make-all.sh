@@ -7,6 +7,7 @@
 # (QEMU's dump-guest-memory: physical addresses), elf-paging (with the
 # guest's virtual addresses), elf-refused (physical, for an architecture drgn
 # cannot translate: the test that ksminspect says how to take a readable one),
+# elf-la57 (elf, the guest's CPU with 5-level paging: LA57),
 # kdump-zlib (QEMU's kdump-compressed format, flattened, as virsh dump writes it),
 # makedumpfile:OPTIONS (a crash-kernel capture: the kernel crashes into
 # itself, where the machine's own Debian makedumpfile writes the dump with
@@ -57,7 +58,8 @@ grep -v '^#' "$here/dumps.tsv" | while IFS=$'\t' read -r name kernel numa format
         python3 "$here/scripts/make-dump.py" --kernel "$WORK/build/$kernel/$(image_file "$kernel")" \
             --initrd "$WORK/init-$arch.cpio.gz" --arch "$arch" --out "$out" --numa "$numa" \
             --memory "$memory" $([ "$format" = elf-paging ] && echo --paging) \
-            $([ "$format" = kdump-zlib ] && echo --format kdump-zlib) --append "$append" </dev/null
+            $([ "$format" = kdump-zlib ] && echo --format kdump-zlib) \
+            $([ "$format" = elf-la57 ] && echo --cpu qemu64,+la57) --append "$append" </dev/null
     fi
     mkdir -p "$here/$name"
     [ "$also" = - ] || mkdir -p "$here/$also"

@@ -11,7 +11,8 @@ vmcore + truth.json into the output directory.
 --paging asks QEMU for a dump whose segments carry the guest's virtual
 addresses (``dump-guest-memory`` with ``paging: true``): the only kind drgn
 can read for an architecture it has no page-table walker for (i386).
---format kdump-zlib writes QEMU's kdump-compressed format, flattened, as
+--cpu qemu64,+la57 gives an x86-64 guest 5-level paging (a kernel that can
+use it then runs with pgtable_l5_enabled). --format kdump-zlib writes QEMU's kdump-compressed format, flattened, as
 ``virsh dump --memory-only --format kdump-zlib`` does; --also adds a dump
 of the same guest state in another format.
 --after-dump (on by itself when the command line has ksmw.rmapwalk=N, N > 0)
@@ -89,6 +90,7 @@ def main() -> int:
     ap.add_argument("--memory", type=int, default=256)
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--numa", type=int, default=0)
+    ap.add_argument("--cpu", help="QEMU's CPU model, e.g. qemu64,+la57 for x86-64 5-level paging")
     ap.add_argument("--append", default="")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--after-dump", action="store_true",
@@ -114,6 +116,8 @@ def main() -> int:
         "-serial", f"file:{log}", "-no-reboot", "-device", "vmcoreinfo",
         "-qmp", f"unix:{sock},server=on,wait=off",
     ]
+    if args.cpu:
+        cmd += ["-cpu", args.cpu]
     if args.capture:
         cmd += ["-drive", f"file={args.capture},format=raw,if=virtio"]
     go = os.path.join(tmp, "go.sock")
