@@ -21,8 +21,56 @@ from ksminspect.rmapwalk import RmapWalk
       "each mapping of a KSM page from an item on the page's stable node", "stable_trees")
 def rmap_walk(ctx: Context, out: RuleOut) -> None:
     replay = RmapWalk(ctx.prog, ctx.layout)
-    _items_reach_their_mappings(ctx, out, replay)
-    _mappings_have_items(ctx, out, replay)
+    mapped = _mergeable_mappings(ctx, out)
+    _items_reach_their_mappings(ctx, out, replay, mapped)
+    _mappings_have_items(ctx, out, replay, mapped)
+
+
+# What an mm's mergeable VMAs map: (page addresses ascending, pfns, the VMA of each)
+Mapped = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _mergeable_mappings(ctx: Context, out: RuleOut) -> Mapped:
+    """The page tables of every mergeable VMA of every mm on ksm_mm_head,
+    read once for both directions; an mm whose VMAs or tables cannot be read
+    is left out (cannot tell)."""
+    tables = page_tables(ctx.prog)
+    mapped: Mapped = {}
+    for run in ctx.c.runs:
+        vmas = ctx.look.vmas(run.mm)
+        if vmas is None:
+            out.cannot_tell(ctx.look.why.get("vmas", f"the VMAs of mm {run.mm:#x} cannot be read"))
+            continue
+        parts = []
+        try:
+            for i in np.nonzero(vmas.mergeable)[0].tolist():
+                addresses, pfns = tables.mapped(run.mm, int(vmas.start[i]), int(vmas.end[i]))
+                parts.append((addresses, pfns, np.full(len(pfns), int(vmas.address[i]), np.uint64)))
+        except CannotTell as e:
+            out.cannot_tell(e.reason)
+            continue
+        if parts:
+            mapped[run.mm] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                              np.concatenate([p[2] for p in parts]))
+    return mapped
+
+
+def _pfns_at(ctx: Context, mapped: Mapped, mm: int, pages: np.ndarray) -> np.ndarray:
+    """The pfn each page of *mm* maps (-1: none): from its mergeable VMAs'
+    tables as read, the page tables asked again only for pages outside them."""
+    out = np.full(len(pages), -1, np.int64)
+    vmas = ctx.look.vmas(mm)
+    inside = np.zeros(len(pages), bool)
+    if mm in mapped and vmas is not None:
+        addresses, pfns, _ = mapped[mm]
+        at = vmas.at(pages)
+        inside = (at >= 0) & vmas.take("mergeable", at, False)
+        k = np.minimum(np.searchsorted(addresses, pages), max(len(addresses) - 1, 0))
+        hit = inside & (addresses[k] == pages) if len(addresses) else np.zeros(len(pages), bool)
+        out[hit] = pfns[k[hit]].astype(np.int64)
+    if np.any(~inside):
+        out[~inside] = page_tables(ctx.prog).pfns_at(mm, pages[~inside])
+    return out
 
 
 def _offsets(ctx: Context, rows: np.ndarray) -> Optional[np.ndarray]:
@@ -32,7 +80,7 @@ def _offsets(ctx: Context, rows: np.ndarray) -> Optional[np.ndarray]:
     return ctx.c.items["offset"][rows].astype(np.uint64)
 
 
-def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) -> None:
+def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk, mapped: Mapped) -> None:
     """Each stable item whose address maps its node's kpfn: the first pass
     of rmap_walk_ksm() reaches that mapping's VMA. An item whose address maps
     nothing or another page (written since the last scan) is no finding."""
@@ -41,18 +89,18 @@ def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) ->
     for mm, rows in by_mm(ctx, stable_rows(ctx)):
         pages = c.page_address(rows)
         try:
-            pfns = tables.pfns_at(mm, pages)
+            pfns = _pfns_at(ctx, mapped, mm, pages)
         except CannotTell as e:
             out.cannot_tell(e.reason)
             continue
         at = nodes.index_of(c.items["head"][rows])
         kpfn = np.where(at >= 0, nodes.rows["kpfn"][np.maximum(at, 0)].astype(np.int64), -2)
-        mapped = np.nonzero(pfns == kpfn)[0]
+        hits = np.nonzero(pfns == kpfn)[0]
         offsets = _offsets(ctx, rows)
         anon = c.items["anon_vma"][rows]
         missed = []
-        for a in np.unique(anon[mapped]).tolist():
-            group = mapped[anon[mapped] == np.uint64(a)]
+        for a in np.unique(anon[hits]).tolist():
+            group = hits[anon[hits] == np.uint64(a)]
             got = replay.first_pass(a, mm, pages[group], offsets[group] if offsets is not None else None)
             if isinstance(got, str):
                 out.cannot_tell(got)
@@ -72,30 +120,18 @@ def _items_reach_their_mappings(ctx: Context, out: RuleOut, replay: RmapWalk) ->
                     int(rows[k]), rule="replay", reads=reads)
 
 
-def _mappings_have_items(ctx: Context, out: RuleOut, replay: RmapWalk) -> None:
+def _mappings_have_items(ctx: Context, out: RuleOut, replay: RmapWalk, mapped: Mapped) -> None:
     """Each page table entry of a mergeable VMA of an mm on ksm_mm_head that
     maps a KSM page is known to the page's stable node: an item of that mm at
     that address on its hlist, or one of another mm at that address whose
     anon_vma's tree links the VMA (the kernel's second pass: a fork)."""
     c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
-    found: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-    for run in c.runs:
-        vmas = ctx.look.vmas(run.mm)
-        if vmas is None:
-            out.cannot_tell(ctx.look.why.get("vmas", f"the VMAs of mm {run.mm:#x} cannot be read"))
-            continue
-        try:
-            for i in np.nonzero(vmas.mergeable)[0].tolist():
-                addresses, pfns = tables.mapped(run.mm, int(vmas.start[i]), int(vmas.end[i]))
-                found.append((run.mm, addresses, pfns, np.full(len(pfns), int(vmas.address[i]), np.uint64)))
-        except CannotTell as e:
-            out.cannot_tell(e.reason)
-    if not found:
+    if not mapped:
         return
-    mms = np.concatenate([np.full(len(a), mm, np.uint64) for mm, a, _, _ in found])
-    addresses = np.concatenate([a for _, a, _, _ in found])
-    pfns = np.concatenate([p for _, _, p, _ in found])
-    vma_of = np.concatenate([v for _, _, _, v in found])
+    mms = np.concatenate([np.full(len(a), mm, np.uint64) for mm, (a, _, _) in mapped.items()])
+    addresses = np.concatenate([a for a, _, _ in mapped.values()])
+    pfns = np.concatenate([p for _, p, _ in mapped.values()])
+    vma_of = np.concatenate([v for _, _, v in mapped.values()])
     try:
         mapping, readable, _ = ctx.look.page_mappings(pfns)
     except HELPER_LIMITS as e:
