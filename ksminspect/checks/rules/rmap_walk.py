@@ -11,7 +11,7 @@ import numpy as np
 from ksminspect.checks.engine import Context, RuleOut, Severity, rule
 from ksminspect.checks.rules.select import by_mm, stable_rows
 from ksminspect.errors import HELPER_LIMITS, CannotTell
-from ksminspect.layout import PAGE_MAPPING_FLAGS, PAGE_MAPPING_KSM
+from ksminspect.layout import PAGE_MAPPING_KSM
 from ksminspect.pagetable import page_tables
 from ksminspect.rmapwalk import RmapWalk
 
@@ -125,46 +125,65 @@ def _mappings_have_items(ctx: Context, out: RuleOut, replay: RmapWalk, mapped: M
     maps a KSM page is known to the page's stable node: an item of that mm at
     that address on its hlist, or one of another mm at that address whose
     anon_vma's tree links the VMA (the kernel's second pass: a fork)."""
-    c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
+    c, nodes = ctx.c, ctx.c.nodes
     if not mapped:
         return
-    mms = np.concatenate([np.full(len(a), mm, np.uint64) for mm, (a, _, _) in mapped.items()])
-    addresses = np.concatenate([a for a, _, _ in mapped.values()])
-    pfns = np.concatenate([p for _, p, _ in mapped.values()])
-    vma_of = np.concatenate([v for _, _, v in mapped.values()])
+    # The KSM pages: the kpfn of each node whose page's mapping points back
+    # at it (the kpfn rule's judgement; a stale node's page may be anything now)
+    holds = np.nonzero(nodes.holds_page)[0]
+    kpfns = nodes.rows["kpfn"][holds].astype(np.uint64)
     try:
-        mapping, readable, _ = ctx.look.page_mappings(pfns)
+        mapping, readable, _ = ctx.look.page_mappings(kpfns)
     except HELPER_LIMITS as e:
         out.cannot_tell(f"which pages are KSM pages cannot be read ({e})")
         return
-    ksm = readable & ((mapping & np.uint64(PAGE_MAPPING_FLAGS)) == np.uint64(PAGE_MAPPING_KSM))
-    node_of = nodes.index_of(mapping & np.uint64(~PAGE_MAPPING_FLAGS & (2**64 - 1)))
-    ksm &= node_of >= 0  # a page whose node the walks did not meet: the kpfn rule's side
-    which = np.nonzero(ksm)[0]
-    if not len(which):
+    live = readable & (mapping == (nodes.address[holds] | np.uint64(PAGE_MAPPING_KSM)))
+    holds, kpfns = holds[live], kpfns[live]
+    order = np.argsort(kpfns, kind="stable")
+    holds, kpfns = holds[order], kpfns[order]
+    if not len(kpfns):
         return
-    # what the nodes' hlists know: (node, mm, page) of each item on them
-    rows = nodes.hlist_rows
-    known = _keys(nodes.address[nodes.hlist_node], c.items["mm"][rows], c.page_address(rows))
-    asked = _keys(nodes.address[node_of[which]], mms[which], addresses[which])
-    for k in which[~np.isin(asked, known)].tolist():
-        node, mm, address = int(nodes.address[node_of[k]]), int(mms[k]), int(addresses[k])
-        if _forked(ctx, replay, node_of[k], mm, address, int(vma_of[k])):
+    # which hlist each item row is on (-1: none)
+    on = np.full(len(c.items), -1, np.int64)
+    on[nodes.hlist_rows] = nodes.hlist_node
+    for run in c.runs:
+        if run.mm not in mapped:
             continue
-        reads: list = [("stable_node_hlist", node)]
-        entry = tables.entry_at(mm, address)
-        if entry is not None:
-            reads.append(("pte", entry))
-        out.add(Severity.ERROR, node,
-                f"mm {mm:#x} maps KSM page {int(pfns[k]):#x} (stable node {node:#x}) at {address:#x}, but no "
-                f"rmap_item on the node's hlist knows this mapping: rmap_walk_ksm would not find it",
-                rule="every mapping known", reads=reads)
+        addresses, pfns, vma_of = mapped[run.mm]
+        k = np.minimum(np.searchsorted(kpfns, pfns), len(kpfns) - 1)
+        which = np.nonzero(kpfns[k] == pfns)[0]
+        node_of = holds[k[which]]
+        # the mm's item at each address, by its rmap_list (ascending: rmap-order's side)
+        pages = c.page_address(np.arange(run.start, run.stop))
+        j = np.minimum(np.searchsorted(pages, addresses[which]), max(len(pages) - 1, 0))
+        item_rows = run.start + j
+        known = (pages[j] == addresses[which]) & (on[item_rows] == node_of) if len(pages) else \
+            np.zeros(len(which), bool)
+        for i in np.nonzero(~known)[0].tolist():
+            _unknown_mapping(ctx, out, replay, int(node_of[i]), run.mm, int(addresses[which[i]]),
+                             int(pfns[which[i]]), int(vma_of[which[i]]))
 
 
-def _keys(*columns: np.ndarray) -> np.ndarray:
-    """Rows of uint64 columns as one comparable value each."""
-    stacked = np.ascontiguousarray(np.stack([col.astype(np.uint64) for col in columns], axis=1))
-    return stacked.view(np.dtype((np.void, 8 * len(columns)))).ravel()
+def _unknown_mapping(ctx: Context, out: RuleOut, replay: RmapWalk, at: int, mm: int, address: int,
+                     pfn: int, vma: int) -> None:
+    """A mapping of the KSM page of node *at* that no item of *mm* at
+    *address* on its rmap_list knows: an error, unless an item on the node's
+    hlist does after all, or the second pass reaches it."""
+    c, nodes, tables = ctx.c, ctx.c.nodes, page_tables(ctx.prog)
+    rows = nodes.hlist_rows[nodes.hlist_start[at]:nodes.hlist_stop[at]]
+    if np.any((c.items["mm"][rows] == np.uint64(mm)) & (c.page_address(rows) == np.uint64(address))):
+        return
+    node = int(nodes.address[at])
+    if _forked(ctx, replay, at, mm, address, vma):
+        return
+    reads: list = [("stable_node_hlist", node)]
+    entry = tables.entry_at(mm, address)
+    if entry is not None:
+        reads.append(("pte", entry))
+    out.add(Severity.ERROR, node,
+            f"mm {mm:#x} maps KSM page {pfn:#x} (stable node {node:#x}) at {address:#x}, but no "
+            f"rmap_item on the node's hlist knows this mapping: rmap_walk_ksm would not find it",
+            rule="every mapping known", reads=reads)
 
 
 def _forked(ctx: Context, replay: RmapWalk, node: int, mm: int, address: int, vma: int) -> bool:
