@@ -27,8 +27,16 @@ COMMANDS = [["summary"], ["mm"], ["rmap", "--format", "json"], ["stable-tree", "
 
 
 def a_kpfn(vmcore: Path, vmlinux: str) -> str:
-    """A KSM page of the dump, for `page` (the first stable node's kpfn)."""
-    out = subprocess.run([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, "stable-tree", "--limit", "1",
+    """A KSM page of the dump, for `page` (the first stable node's kpfn),
+    looked up in a process of its own: a parent grown by reading a large
+    stable tree would pass its peak RSS on to every command it forks (Linux
+    keeps the high-water mark across exec)."""
+    return subprocess.run([sys.executable, __file__, "--kpfn-of", str(vmcore), "--debug", vmlinux],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _first_kpfn(vmcore: str, vmlinux: str) -> str:
+    out = subprocess.run([str(KSMINSPECT), "-c", vmcore, "-s", vmlinux, "stable-tree", "--limit", "1",
                           "--format", "json"], capture_output=True, text=True).stdout
     tree = json.loads(out)
     node = next(n for t in tree["trees"] for n in t["nodes"])
@@ -76,9 +84,13 @@ def main() -> None:
                     help="runs of each command and of the baseline; the best is shown")
     ap.add_argument("sizes", nargs="*", default=["small", "medium", "large", "huge", "distro-large"])
     ap.add_argument("--in-process", metavar="VMCORE", help=argparse.SUPPRESS)
+    ap.add_argument("--kpfn-of", metavar="VMCORE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from ksminspect.program import decompressed
 
+    if args.kpfn_of:
+        print(_first_kpfn(args.kpfn_of, args.debug))
+        return
     if args.in_process:  # measured apart, so that no command forks a grown parent
         n, rate = walk_rate(args.in_process, decompressed(args.debug))
         print(json.dumps({"n": n, "rate": rate}))
