@@ -86,10 +86,12 @@ class RmapWalk:
         if isinstance(tree, str):
             return tree
         mine = np.nonzero(tree.mm == np.uint64(mm))[0]  # the mm's VMAs do not overlap
+        if not len(mine):  # the tree links no VMA of the mm (or none at all)
+            return np.full(len(pages), -1, np.int64), np.zeros(len(pages), bool)
         mine = mine[np.argsort(tree.start[mine], kind="stable")]
         k = np.searchsorted(tree.start[mine], pages, side="right") - 1
-        inside = (k >= 0) & (pages < tree.end[mine][np.maximum(k, 0)]) if len(mine) else np.zeros(len(pages), bool)
-        at = np.where(inside, mine[np.maximum(k, 0)] if len(mine) else -1, -1)
+        inside = (k >= 0) & (pages < tree.end[mine][np.maximum(k, 0)])
+        at = np.where(inside, mine[np.maximum(k, 0)], -1)
         if offsets is None:
             return at, inside
         last = tree.last_pgoff(self.layout.page_shift)

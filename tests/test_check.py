@@ -341,6 +341,16 @@ def d_anon_vma_of_another(dump):
         {"rmap-walk"}, stable[0].address
 
 
+def d_empty_anon_vma_tree(dump):
+    """A stable item's anon_vma with an empty interval tree (rb_root NULL):
+    rmap_walk_ksm() would reach none of its VMA's pages."""
+    from ksminspect.layout import rmap_walk_layout
+
+    prog, w, slot, mm, items, stable = _items(dump, ItemState.STABLE)
+    root = stable[0].anon_vma + rmap_walk_layout(prog).anon_vma_rb_root
+    return [(root, word(0))], {"rmap-walk"}, stable[0].address
+
+
 def d_pte_of_a_foreign_ksm_page(dump):
     """A sharer's page table entry pointed at another KSM page, one whose
     stable node has no item of the sharer there."""
@@ -406,7 +416,8 @@ DAMAGE: list[tuple[str, Callable]] = [
     ("6.12-nonuma", d_unstable_rb_parent),
     ("6.12-numa", d_anon_vma_of_another), ("6.12-numa", d_pte_of_a_foreign_ksm_page),
     ("5.10-chains", d_pte_of_a_foreign_ksm_page), ("7.2-seed", d_offset_outside_the_vma),
-    ("7.2-seed", d_moved_vma_with_linear_offsets),
+    ("7.2-seed", d_moved_vma_with_linear_offsets), ("7.2-seed", d_empty_anon_vma_tree),
+    ("6.12-numa", d_empty_anon_vma_tree),
 ]
 
 
