@@ -220,4 +220,10 @@ def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    # A reader that goes away (`| head`) ends the command as it ends git's:
+    # quietly, by SIGPIPE. (Python ignores SIGPIPE, and click then turns the
+    # failed write into exit code 1, the code of error-level findings.)
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(run(argv))

@@ -105,3 +105,21 @@ def test_bad_input_and_empty_filters_are_one_sentence(args, sentence, code) -> N
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr
     if code == 2:
         assert r.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["summary", "rmap", "check"])
+def test_a_reader_that_goes_away_ends_it_quietly(command: str) -> None:
+    """`ksminspect summary | head -1`: the reader closes the pipe; the
+    command ends as git's do, by SIGPIPE, with nothing on stderr; never exit
+    code 1 (error-level findings), which click gave a failed write."""
+    import signal
+
+    from conftest import DUMPS
+
+    dump = next(d for d in DUMPS if d.name == "6.12-numa")
+    proc = subprocess.Popen([KSMINSPECT, *dump.args, command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line is written
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == -signal.SIGPIPE and stderr == ""
