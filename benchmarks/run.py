@@ -23,7 +23,7 @@ KSMINSPECT = Path(sys.executable).parent / "ksminspect"
 COMMANDS = [["summary"], ["mm"], ["rmap", "--format", "json"], ["stable-tree", "--format", "json"],
             ["unstable-tree", "--format", "json"], ["page", "{kpfn}"], ["snapshot", "-"],
             ["check", "--format", "json"], ["check", "--only", "rmap-walk", "--format", "json"],
-            ["explain", "--format", "json"]]
+            ["explain", "--format", "json"], ["metrics"]]
 
 
 def a_kpfn(vmcore: Path, vmlinux: str) -> str:
@@ -43,20 +43,21 @@ def _first_kpfn(vmcore: str, vmlinux: str) -> str:
     return (node["dups"][0] if node["dups"] else node)["kpfn"]
 
 
-def measure(argv: list[str], repeat: int = 1) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a process, output discarded: the
-    best of *repeat* runs (as timeit reports), the machine's noise left out."""
+def measure(argv: list[str], repeat: int = 1) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of a process, output
+    discarded: the best of *repeat* runs (as timeit reports), the machine's
+    noise left out."""
     return min(_measure_once(argv) for _ in range(repeat))
 
 
-def _measure_once(argv: list[str]) -> tuple[float, float]:
+def _measure_once(argv: list[str]) -> tuple[float, float, float]:
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) not in (0, 1):
         raise SystemExit(f"{' '.join(argv)} failed with {status}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def walk_rate(vmcore: str, debug: str) -> tuple[int, float]:
@@ -105,7 +106,7 @@ def main() -> None:
     def floor_of(truth: dict, vmlinux: str) -> float:
         dump = truth.get("floor", str(HERE.parent / "vmcores/6.12-numa/vmcore.xz"))
         if dump not in floors:
-            _, floors[dump] = measure([str(KSMINSPECT), "-c", dump, "-s", vmlinux, "summary"], args.repeat)
+            _, floors[dump], _ = measure([str(KSMINSPECT), "-c", dump, "-s", vmlinux, "summary"], args.repeat)
             print(f"memory floor: summary on {dump}: {floors[dump]:.0f} MB peak RSS")
         return floors[dump]
 
@@ -121,12 +122,14 @@ def main() -> None:
         items = sum(int(p.get("ksm_stat", {}).get("ksm_rmap_items", 0)) for p in truth["processes"])
         vmlinux = truth.get("debug", debug)  # a distribution kernel's own
         floor_rss = floor_of(truth, vmlinux)
-        base_wall, base_rss = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux],
-                                      args.repeat)
+        base_wall, base_rss, _ = measure([sys.executable, str(HERE / "baseline.py"), str(vmcore), vmlinux],
+                                         args.repeat)
         rows = [("baseline (plain drgn)", base_wall, base_rss)]
         kpfn = a_kpfn(vmcore, vmlinux)
+        took: dict[str, tuple[float, float, float]] = {}
         for cmd in ([a.format(kpfn=kpfn) for a in c] for c in COMMANDS):
-            wall, rss = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux, *cmd], args.repeat)
+            took[" ".join(cmd)] = wall, rss, cpu = measure([str(KSMINSPECT), "-c", str(vmcore), "-s", vmlinux,
+                                                             *cmd], args.repeat)
             rows.append((" ".join(cmd), wall, rss))
             if cmd[0] == "check":
                 per_item[size] = wall / items
@@ -134,6 +137,11 @@ def main() -> None:
             extra = (rss - floor_rss) * 2**20 / items if name.startswith("check") else None
             print(f"{size:12} {items:9} {name:24} {wall:7.2f} {items / wall:10.0f} {rss:7.0f} "
                   f"{base_wall / wall:10.1f}x" + (f" {extra:7.0f}" if extra is not None else ""))
+        # metrics reads once what explain and check each read: it costs no more than both
+        m_wall, m_rss, m_cpu = took["metrics"]
+        both = took["explain --format json"][0] + took["check --format json"][0]
+        print(f"{size:12} metrics: {m_wall:.2f} s wall, {m_cpu:.2f} s CPU, {m_rss:.0f} MB peak RSS; "
+              f"explain + check {both:.2f} s: metrics / (explain + check) = {m_wall / both:.2f}")
         inproc = json.loads(subprocess.run(
             [sys.executable, __file__, "--debug", vmlinux, "--in-process", str(vmcore)],
             capture_output=True, text=True, check=True).stdout)

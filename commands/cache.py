@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .records import utc
-from .render import emit, emit_table, format_option
+from .render import emit, emit_table, format_option, plural
 
 
 @click.command("cache")
@@ -27,25 +27,25 @@ def cache_command(action: str, fmt: str) -> None:
     """
     import os
 
-    from ksminspect.cache import age, cache_dir, entries, max_bytes
+    from ksminspect.cache import age, cache_dir, entries, max_bytes, remove
 
     held = entries()
     total = sum(e.size for e in held)
     if action == "clear":
         for e in held:
-            os.unlink(e.path)
-        click.echo(f"ksminspect: removed {len(held)} entries ({total / 1e9:.1f} GB) from {cache_dir()}",
-                   err=True)
+            remove(e)
+        click.echo(f"ksminspect: removed {plural(len(held), 'entry', 'entries')} ({total / 1e9:.1f} GB) "
+                   f"from {cache_dir()}", err=True)
         return
 
     data = {"directory": cache_dir(), "bytes": total, "max_bytes": max_bytes(),
             "entries": [{"name": os.path.basename(e.path), "bytes": e.size,
-                         "used": utc(e.used)} for e in held]}
+                         "used": utc(e.used), "source": e.source} for e in held]}
 
     def table() -> None:
-        emit_table([[os.path.basename(e.path), f"{e.size / 1e6:.1f}", age(e)] for e in held],
-                   ["entry", "MB", "last used"])
-        click.echo(f"{cache_dir()}: {len(held)} entries, {total / 1e9:.1f} GB of at most "
+        emit_table([[os.path.basename(e.path), e.source or "(not recorded)", f"{e.size / 1e6:.1f}", age(e)]
+                    for e in held], ["entry", "made from", "MB", "last used"], wrap=["made from"])
+        click.echo(f"{cache_dir()}: {plural(len(held), 'entry', 'entries')}, {total / 1e9:.1f} GB of at most "
                    f"{max_bytes() / 1e9:.0f} GB")
 
     emit(fmt, "cache", data, table)

@@ -72,7 +72,8 @@ def cgroup_totals(processes) -> dict[str, Counter]:
 
 @click.command("explain")
 @click.option("--pid", type=PID, help="Only process PID.")
-@click.option("--cgroup", metavar="PATH", help="Only processes in this memory cgroup (and below it).")
+@click.option("--cgroup", metavar="PATH", callback=lambda ctx, param, value: _cgroup_path(value),
+              help="Only processes in this memory cgroup (and below it), e.g. /vm-a.")
 @click.option("--by", type=click.Choice(["process", "vma", "cgroup"]), default="process",
               show_default=True, help="One row per process, per VMA of each process, or per memory cgroup.")
 @format_option
@@ -98,8 +99,8 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
 
     prog = app.prog
     require_process(prog, pid)
-    processes = [p for p in progress(explain(prog, pid), "processes")
-                 if cgroup is None or _within(p.cgroup, cgroup)]
+    scanned = list(progress(explain(prog, pid), "processes"))
+    processes = [p for p in scanned if cgroup is None or _within(p.cgroup, cgroup)]
     if processes and all(p.cannot_tell for p in processes):  # nothing to show: one sentence, exit 2
         raise CannotTell(processes[0].cannot_tell)
     pace = scan_pace(prog, processes)
@@ -161,10 +162,21 @@ def explain_command(app, pid: Optional[int], cgroup: Optional[str], by: str, fmt
             why.setdefault(p.cannot_tell, []).append(f"pid {p.pid}" if p.pid is not None else f"mm {p.mm:#x}")
     for sentence, who in why.items():
         click.echo(f"ksminspect: cannot tell for {', '.join(who)}: {sentence}", err=True)
-    if not processes and pid is not None:
+    if not processes and pid is not None and scanned:  # the pid is scanned: the cgroup left it out
+        say_nothing_matched(f"process {pid} is in cgroup {scanned[0].cgroup or '(unknown)'}, not in {cgroup} "
+                            f"or below it")
+    elif not processes and pid is not None:
         say_not_scanned(f"process {pid}")
     elif not processes and cgroup is not None:
         say_nothing_matched(f"no process of ksm_mm_head in cgroup {cgroup}")
+
+
+def _cgroup_path(value: Optional[str]) -> Optional[str]:
+    """--cgroup as the kernel names cgroups: a path from the root, /."""
+    if value is not None and not value.startswith("/"):
+        raise click.BadParameter(f"{value!r} is not a cgroup path: cgroup paths begin with / "
+                                 f"(e.g. /{value.strip('/') or 'system.slice'})", param_hint="--cgroup")
+    return value
 
 
 def _within(path: Optional[str], cgroup: str) -> bool:

@@ -58,6 +58,16 @@ class App:
         return self.core is None
 
 
+class _TargetPath(click.Path):
+    """-c and -s: an existing file, said in click's words, except inside
+    drgn, where the kernel is drgn's and the group refuses both anyway."""
+
+    def convert(self, value, param, ctx):
+        if ctx is not None and isinstance(ctx.obj, App) and ctx.obj.embedded:
+            return value
+        return super().convert(value, param, ctx)
+
+
 class _Cli(click.Group):
     """Takes -c/--core and -s/--symbols after the command too (``ksminspect
     summary -c vmcore -s vmlinux``), as crash and drgn users type them, and
@@ -97,10 +107,10 @@ class _Cli(click.Group):
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--core", metavar="PATH",
+@click.option("-c", "--core", metavar="PATH", type=_TargetPath(exists=True, dir_okay=False),
               help="vmcore to inspect (.zst, .xz, .gz are decompressed once into "
                    "~/.cache/ksminspect); without it, the running kernel via /proc/kcore.")
-@click.option("-s", "--symbols", metavar="PATH", multiple=True,
+@click.option("-s", "--symbols", metavar="PATH", multiple=True, type=_TargetPath(exists=True, dir_okay=False),
               help="vmlinux or kernel debug file (repeatable); without it, drgn's "
                    "default debug info search.")
 @click.version_option(__version__, prog_name="ksminspect")
@@ -125,6 +135,7 @@ def _register() -> None:
     from .cache import cache_command
     from .check import check
     from .explain import explain_command
+    from .metrics import metrics
     from .mm import mm_command
     from .page import page
     from .rmap import rmap, unstable_tree
@@ -133,7 +144,7 @@ def _register() -> None:
     from .summary import summary
 
     for command in (summary, mm_command, rmap, stable_tree, unstable_tree, page, check, explain_command,
-                    snapshot, diff, cache_command):
+                    metrics, snapshot, diff, cache_command):
         cli.add_command(command)
 
 
@@ -196,13 +207,13 @@ def _run(argv: Optional[Sequence[str]], app: Optional[App]) -> int:
     except KsmInspectError as e:
         return fail(str(e), e.exit_code)
     except drgn.FaultError as e:
-        from ksminspect.walk import fault
-        if fault(e) == "excluded":  # the dump's doing: say what it lacks, not damage
-            from ksminspect.layout import get_layout
-            from ksminspect.program import lacks_memory
-            page = e.address & get_layout(app.prog).page_mask
-            return fail(f"cannot tell: {lacks_memory(app.prog, [page])}", EXIT_CANNOT_INSPECT)
+        from ksminspect.program import is_gap, lacks_memory
+        prog = _APP[0]._prog if _APP else None
         truncated = _truncated_note()
+        if prog is not None and not truncated and is_gap(prog, e):  # left out: say what it lacks
+            from ksminspect.layout import get_layout
+            page = e.address & get_layout(prog).page_mask
+            return fail(f"cannot tell: {lacks_memory(prog, [page])}", EXIT_CANNOT_INSPECT)
         return fail(f"memory the inspection needs cannot be read ({e}); "
                     + (truncated if truncated else "the dump may be truncated or damaged"))
     except NotImplementedError as e:  # a drgn helper this architecture lacks

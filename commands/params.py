@@ -55,6 +55,26 @@ def require_process(prog, pid: Optional[int]) -> None:
             pass
 
 
+def require_one_mm(prog, pid: Optional[int], mm: Optional[int]) -> None:
+    """--pid and --mm given together must name the same mm: two filters that
+    disagree are a mistake (exit 2), not an empty answer."""
+    import drgn
+
+    from ksminspect.errors import KsmInspectError
+    from ksminspect.mm import find_process
+
+    if pid is None or mm is None:
+        return
+    try:
+        has = find_process(prog, pid).mm.value_()
+    except (drgn.FaultError, LookupError):
+        return  # cannot tell: the filters simply match what they match
+    if has != mm:
+        owns = f"mm {has:#x}" if has else "no mm (a kernel thread)"
+        raise KsmInspectError(f"--pid {pid} and --mm {mm:#x} name different mms: process {pid} has "
+                              f"{owns}; give one of them")
+
+
 def require_tree(prog, nid: Optional[int]) -> None:
     """A --nid beyond the trees this kernel keeps is a mistake (exit 2)."""
     from ksminspect.errors import KsmInspectError

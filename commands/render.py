@@ -27,6 +27,12 @@ COLOUR = [False]
 _PAGING = [False]  # stdout is a pager's pipe: the terminal's width still holds
 SEVERITY_COLOURS = {"error": "red", "warning": "yellow", "differs": "yellow"}
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """"1 check", "2 checks": *n* and the word in its number (*words*
+    where the plural is not *word* + "s")."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
 def format_option_with(*extra: str):
     """-f/--format: table or json, and the command's own *extra* formats."""
     return click.option("-f", "--format", "fmt", type=click.Choice(FORMATS + extra), default="table",
@@ -201,15 +207,26 @@ def emit_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], title: str
 
 def _table(rows: list[list[str]], headers: Sequence[str], width: Optional[int],
            wrap: Sequence[str], shrink: Sequence[str]) -> Optional[str]:
+    heads = list(headers)
+
     def render(rows: list[list[str]]) -> str:
-        return tabulate(rows, headers=headers, disable_numparse=True)
+        return tabulate(rows, headers=heads, disable_numparse=True)
+
+    def fits(text: str) -> bool:
+        return width is None or max(map(visible_len, text.splitlines() or [""])) <= width
 
     text = render(rows)
-    if width is None or max(map(visible_len, text.splitlines() or [""])) <= width:
+    if fits(text):
+        return text
+    # long names over short values ("merging_pages" over "35"): names on two lines
+    heads = [_fold_header(h, max((visible_len(r[i]) for r in rows), default=0)) for i, h in enumerate(headers)]
+    text = render(rows)
+    if fits(text):
         return text
     flexible = [i for i, h in enumerate(headers) if h in wrap or h in shrink]
     # tabulate's simple format pads a header by 2 (its MIN_PADDING)
-    natural = [max([visible_len(h) + 2] + [visible_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    natural = [max([max(map(len, heads[i].split("\n"))) + 2] + [visible_len(r[i]) for r in rows])
+               for i in range(len(headers))]
     room = width - 2 * (len(headers) - 1) - sum(w for i, w in enumerate(natural) if i not in flexible)
     if not flexible or room <= 0:
         return None
@@ -233,6 +250,19 @@ def _table(rows: list[list[str]], headers: Sequence[str], width: Optional[int],
             r[i] = r[i] if len(r[i]) <= width_of[i] else r[i][:width_of[i] - 1] + "~"
     text = render(rows)
     return text if max(map(visible_len, text.splitlines())) <= width else None
+
+
+def _fold_header(name: str, room: int) -> str:
+    """A column's name on as many lines as its values' width *room* asks,
+    broken after "_" or at a space; a word is never broken."""
+    words = re.findall(r"[^_ ]+(?:_|$| )", name + " ")
+    lines: list[str] = []
+    for word in (w.strip() for w in words):
+        if lines and len(lines[-1]) + len(word) <= max(room, 1) - 2:
+            lines[-1] += ("" if lines[-1].endswith("_") else " ") + word
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def _blocks(rows: list[list[str]], headers: Sequence[str], width: int) -> Iterator[str]:

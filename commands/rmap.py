@@ -9,11 +9,11 @@ import click
 
 import numpy as np
 
-from .params import (HEX, NID, PID, limit_option, require_process, require_tree, say_limited,
-                     say_not_scanned, say_nothing_matched)
+from .params import (HEX, NID, PID, limit_option, require_one_mm, require_process, require_tree,
+                     say_limited, say_not_scanned, say_nothing_matched)
 from .records import damage_json, document, fields_text, item_json, item_texts, owner_json
 from .render import (JsonArray, emit, emit_json, emit_table, fail_if_walk_found_nothing, format_option,
-                     progress, say_damage)
+                     plural, progress, say_damage)
 
 
 @click.command("rmap")
@@ -44,6 +44,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
 
     prog = app.prog
     require_process(prog, pid)
+    require_one_mm(prog, pid, mm_addr)
     c = session(prog).collect()
     has_offset = c.layout.rmap_item.offset is not None
     damage = c.rmap_list_damage
@@ -106,7 +107,7 @@ def rmap(app, pid: Optional[int], mm_addr: Optional[int], state: Optional[str],
         if who and not mms[0]:
             say_not_scanned(who)
         else:
-            say_nothing_matched(f"no {state + ' ' if state else ''}rmap_items"
+            say_nothing_matched(f"no rmap_items{' in state ' + state if state else ''}"
                                 + (f" in {who}" if who else ""))
 
 
@@ -140,6 +141,7 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
     damage = c.damage_of("unstable_trees")
     walked, matched = len(rows), 0
     trees = []
+    held: dict[int, int] = {}
     for tree_nid, _ in c.w.unstable_tree_roots():
         if nid is not None and tree_nid != nid:
             continue
@@ -148,6 +150,7 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
             mms = c.items["mm"][mine].tolist()
             mine = mine[np.array([mm_owner(prog, mm).pid == pid for mm in mms], bool)]
         trees.append((tree_nid, mine[:limit]))
+        held[tree_nid] = len(mine)  # before --limit
         matched += len(mine)
     from ksminspect.scan import read_scan_cursor, unstable_tree_seqnr
 
@@ -170,8 +173,9 @@ def unstable_tree(app, nid: Optional[int], pid: Optional[int], limit: Optional[i
     def table() -> None:
         for nid, rows in trees:
             items = c.item_records(rows)
-            click.echo(f"root_unstable_tree[{nid}]: {len(items)} items "
-                       f"(full_scans {seqnr}; the tree holds seqnr {tree_seqnr})")
+            click.echo(f"root_unstable_tree[{nid}]: {plural(held[nid], 'item')}"
+                       + (f", {len(items)} shown" if len(items) != held[nid] else "")
+                       + f" (full_scans {seqnr}; the tree holds seqnr {tree_seqnr})")
             emit_table([[f"{i.address:#x}", mm_owner(prog, i.mm).pid, mm_owner(prog, i.mm).comm,
                          f"{i.page_address:#x}", i.seqnr, "-" if i.age is None else i.age,
                          f"{i.oldchecksum:#x}"] + ([] if i.nid is None else [i.nid])

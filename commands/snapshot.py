@@ -4,7 +4,7 @@ changed between two snapshots (around a selftest run, say)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -80,8 +80,10 @@ def take_snapshot(app) -> dict[str, Any]:
 
 @click.command("snapshot")
 @click.argument("file", type=click.Path(dir_okay=False, writable=True, allow_dash=True))
+@click.option("-f", "--format", "fmt", type=click.Choice(["json"]), default="json", show_default=True,
+              help="A snapshot is JSON (taken, as on every command, for scripts that pass it).")
 @click.pass_obj
-def snapshot(app, file: str) -> None:
+def snapshot(app, file: str, fmt: str) -> None:
     """Write the full decoded KSM state as JSON to FILE ('-': stdout).
 
     Counters, tunables, the scan cursor, every mm slot and rmap_item, every
@@ -106,8 +108,13 @@ def snapshot(app, file: str) -> None:
     if file == "-":
         emit_json(data)
     else:
-        with open(file, "w") as f:
-            emit_json(data, f.write)
+        from ksminspect.errors import KsmInspectError
+
+        try:
+            with open(file, "w") as f:
+                emit_json(data, f.write)
+        except OSError as e:
+            raise KsmInspectError(f"cannot write {file}: {e.strerror or e}") from None
         click.echo(f"ksminspect: snapshot of {len(data['items'])} rmap_items and "
                    f"{len(data['stable_pages'])} stable pages written to {file}", err=True)
 
@@ -118,15 +125,65 @@ def _load(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise KsmInspectError(f"{path} cannot be read as a ksminspect snapshot: {e}") from None
+    except OSError as e:
+        raise KsmInspectError(f"{path} cannot be read: {e.strerror or e}") from None
+    except ValueError as e:  # json's errors, and bytes that are not text
+        raise KsmInspectError(f"{path} is not a ksminspect snapshot: it is not JSON, or it was cut short "
+                              f"({e})") from None
     if not isinstance(data, dict) or data.get("document") != "snapshot" and "ksminspect_snapshot" not in data:
-        raise KsmInspectError(f"{path} is not a ksminspect snapshot")
+        other = data.get("document") if isinstance(data, dict) else None
+        raise KsmInspectError(f"{path} is not a ksminspect snapshot"
+                              + (f": it is the output of ksminspect {other}; take one with 'ksminspect "
+                                 f"snapshot FILE'" if isinstance(other, str) else ""))
     if data.get("schema_version") != SCHEMA_VERSION:
         raise KsmInspectError(f"{path} is a snapshot of another ksminspect (schema "
                               f"{data.get('schema_version', 0)}, this one reads {SCHEMA_VERSION}): "
                               f"take it again with this one")
+    wrong = _unlike(data, _READ, "")
+    if wrong:
+        raise KsmInspectError(f"{path} is damaged or was edited: {wrong}; take the snapshot again")
     return data
+
+
+# What diff reads of a snapshot (schema.json's "snapshot", in the types
+# compare() needs): a list is [shape of each element].
+_OPTIONAL_INT, _OPTIONAL_STR = (int, type(None)), (str, type(None))
+_READ: dict[str, Any] = {
+    "taken": str, "kernel_release": str, "counters": dict,
+    "mm_slots": [{"pid": _OPTIONAL_INT, "comm": _OPTIONAL_STR, "exited": bool}],
+    "items": [{"pid": _OPTIONAL_INT, "page_address": str, "state": str}],
+    "findings": [{"check": str, "severity": str, "address": _OPTIONAL_STR, "message": str}],
+    "stable_pages": [{"sharers": list}],
+}
+
+
+def _unlike(value: Any, shape: Any, where: str) -> Optional[str]:
+    """Where *value* is not of *shape*, in words; None where it is."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the document'} is not an object"
+        for key, inner in shape.items():
+            if key not in value:
+                return f"{where + '.' if where else ''}{key} is missing"
+            wrong = _unlike(value[key], inner, f"{where + '.' if where else ''}{key}")
+            if wrong:
+                return wrong
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        for i, element in enumerate(value):
+            wrong = _unlike(element, shape[0], f"{where}[{i}]")
+            if wrong:
+                return wrong
+        return None
+    if not isinstance(value, shape) or (shape is int and isinstance(value, bool)):
+        return f"{where} is {json.dumps(value)[:40]}, not {_TYPE_WORDS.get(shape, 'what a snapshot holds')}"
+    return None
+
+
+_TYPE_WORDS = {str: "a string", int: "a number", bool: "true or false", dict: "an object", list: "a list",
+               _OPTIONAL_INT: "a number or null", _OPTIONAL_STR: "a string or null"}
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from .params import (COUNT, NID, PID, limit_option, require_process, require_tre
                      say_nothing_matched)
 from .records import damage_json, document, node_json, node_text
 from .render import (JsonArray, echo_parts, echo_wrapped, emit_json, fail_if_walk_found_nothing, format_option,
-                     progress, say_changed_while_read, say_damage, severity)
+                     plural, progress, say_changed_while_read, say_damage, severity)
 
 
 def _keep(e, min_sharers: int, pid: Optional[int]) -> bool:
@@ -70,11 +70,18 @@ def _describe(e, all_dups: dict[int, int]) -> list[str]:
                else [severity(f"rmap_hlist_len {e.rmap_hlist_len}!", "error")]))
 
 
+def _count(held: Optional[int], shown: int) -> str:
+    """"41 entries", or "41 entries, 2 shown" under --limit."""
+    held = shown if held is None else held
+    return plural(held, "entry", "entries") + (f", {shown} shown" if shown != held else "")
+
+
 def draw(trees: dict, migrate: list, total: dict[str, int],
-         all_dups: Optional[dict[int, int]] = None) -> None:
-    all_dups = all_dups or {}
+         all_dups: Optional[dict[int, int]] = None, counts: Optional[dict] = None) -> None:
+    """*counts*: each tree's entries (None: migrate_nodes') before --limit."""
+    all_dups, counts = all_dups or {}, counts or {}
     for nid, entries in trees.items():
-        click.echo(f"root_stable_tree[{nid}]: {len(entries)} entries")
+        click.echo(f"root_stable_tree[{nid}]: {_count(counts.get(nid), len(entries))}")
         for i, e in enumerate(entries):
             last = i == len(entries) - 1
             inner = "    " if last else "│   "
@@ -85,7 +92,7 @@ def draw(trees: dict, migrate: list, total: dict[str, int],
                            inner + ("        " if dlast else "│       "), _describe(d, all_dups))
                 _draw_sharers(d, inner + ("    " if dlast else "│   "))
             _draw_sharers(e, inner)
-    click.echo(f"migrate_nodes: {len(migrate)} entries")
+    click.echo(f"migrate_nodes: {_count(counts.get(None), len(migrate))}")
     for e in migrate:
         echo_parts("└── ", "        ", _describe(e, all_dups))
         _draw_sharers(e, "    ")
@@ -140,12 +147,14 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], s
     except WalkDamage as e:
         damage.append(e.damage)
     matched = sum(map(len, trees.values())) + len(migrate)
+    # what the filters matched, whatever --limit shows of it
+    total = totals([e for entries in trees.values() for e in entries] + migrate)
+    counts = {n: len(entries) for n, entries in trees.items()} | {None: len(migrate)}
     for entries in list(trees.values()) + [migrate]:
         if sort:
             entries.sort(key=lambda e: -sum(len(d.sharers) for d in (e.dups or [e])))
         del entries[limit if limit is not None else len(entries):]
     shown = [e for entries in trees.values() for e in entries] + migrate
-    total = totals(shown)
     if fmt == "json":
         emit_json(document("stable-tree", {
             "trees": [{"nid": n, "nodes": JsonArray(map(node_text, entries), len(entries))}
@@ -155,7 +164,7 @@ def stable_tree(app, nid: Optional[int], min_sharers: int, pid: Optional[int], s
             "damage": damage_json(damage),
         }))
     else:
-        draw(trees, migrate, total, all_dups)
+        draw(trees, migrate, total, all_dups, counts)
         say_damage(app.prog, damage)
     say_limited(len(shown), matched, "stable tree entries")
     say_changed_while_read(session(app.prog).collection.changed_while_read)

@@ -10,7 +10,7 @@ from .render import (dump_words, echo_wrapped, emit, emit_table, fail_if_walk_fo
 
 
 @click.command()
-@click.option("--watch", type=float, metavar="SECONDS",
+@click.option("--watch", type=click.FloatRange(min=0, min_open=True, max=86400), metavar="SECONDS",
               help="Live kernel: redraw the counters and their rates every SECONDS until Ctrl-C "
                    "(with --format json: one JSON object per line).")
 @format_option

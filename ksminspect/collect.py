@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -72,8 +72,10 @@ class ObjectRows:
         return self.gather(fresh, addresses.astype(np.uint64))
 
 
+@lru_cache(maxsize=8)
 def object_rows(layout: KsmLayout) -> dict[str, ObjectRows]:
-    """The row of each kind of object a collection gathers."""
+    """The row of each kind of object a collection gathers (made once per
+    layout: the layout is frozen)."""
     fields = rmap_item_fields(layout)
     # rmap_list, first in every layout, is what the walk followed: not kept
     item_start = min(off for name, (off, _, _) in fields.items()

@@ -28,6 +28,10 @@ class NoKsmError(KsmInspectError):
     """The kernel was built without CONFIG_KSM."""
 
 
+class UsageError(KsmInspectError):
+    """A setting the user gave (an environment variable) cannot be used."""
+
+
 class TargetError(KsmInspectError):
     """The dump, the live kernel or the debug info cannot be opened or read."""
 

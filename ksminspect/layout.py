@@ -616,7 +616,14 @@ class MemMap:
 
 
 def mem_map(prog: drgn.Program) -> Optional[MemMap]:
-    """The :class:`MemMap` of *prog*; None where neither model is found."""
+    """The :class:`MemMap` of *prog*, found once and cached; None where
+    neither model is found."""
+    if "ksminspect_mem_map" not in prog.cache:
+        prog.cache["ksminspect_mem_map"] = _find_mem_map(prog)
+    return prog.cache["ksminspect_mem_map"]
+
+
+def _find_mem_map(prog: drgn.Program) -> Optional[MemMap]:
     from drgn.helpers.linux.mm import pfn_to_page
 
     size = drgn.sizeof(prog.type("struct page"))

@@ -9,7 +9,7 @@ never as a finding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import drgn
 import numpy as np
@@ -17,6 +17,9 @@ import numpy as np
 from ksminspect.errors import HELPER_LIMITS
 from ksminspect.program import dump_description, is_gap, lacks_memory
 from ksminspect.walk import Walker, WalkDamage
+
+if TYPE_CHECKING:
+    from ksminspect.layout import MemMap
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Lookups:
         self.layout = w.layout
         self._vmas: dict[int, Optional[Vmas]] = {}
         self._anon_vma: dict[int, AnonVmaState] = {}
-        self.why: dict[str, str] = {}  # "vmas", "slab", "pfn_to_page" -> why it cannot be looked up
+        self.why: dict[str, str] = {}  # "vmas", "slab" -> why it cannot be looked up
 
     # -- VMAs ------------------------------------------------------------
 
@@ -172,68 +175,69 @@ class Lookups:
     def page_addresses(self, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(struct page address, known)`` of each pfn, by the kernel's memory
         model (:class:`~ksminspect.layout.MemMap`). Raises NotImplementedError
-        where no model is found (``why["pfn_to_page"]``)."""
-        mm_ = self._mem_map
-        if mm_ is None:
-            raise NotImplementedError("neither a vmemmap, a mem_map nor a mem_section was found")
+        where no model is found."""
+        mm_ = self._mem_map()
         size = np.uint64(self.layout.struct_page_size)
         pfns = pfns.astype(np.uint64)
         if mm_.model == "linear":  # struct page addresses beyond the address space cannot be read
             known = pfns < np.uint64(((1 << 64) - 1 - mm_.base) // int(size))
             return np.where(known, np.uint64(mm_.base) + pfns * size, np.uint64(0)), known
         nr = pfns >> np.uint64(mm_.section_shift)
-        root, index = nr // np.uint64(mm_.sections_per_root), nr % np.uint64(mm_.sections_per_root)
-        known = root < np.uint64(mm_.roots)
-        ptr = np.uint64(self.layout.pointer_size)
-        if mm_.extreme:
-            roots, ok = self.w.memory.read_words(np.where(known, np.uint64(mm_.base) + root * ptr, np.uint64(0)))
-            known &= ok & (roots != 0)
-        else:
-            roots = np.uint64(mm_.base) + root * np.uint64(mm_.sections_per_root * mm_.section_size)
-        section = roots + index * np.uint64(mm_.section_size) + np.uint64(mm_.section_mem_map)
-        encoded, ok = self.w.memory.read_words(np.where(known, section, np.uint64(0)))
-        known &= ok & ((encoded & np.uint64(mm_.has_mem_map)) != 0)
-        pages = (encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF)) + pfns * size
-        return np.where(known, pages, np.uint64(0)), known
+        root = nr // np.uint64(mm_.sections_per_root)
+        roots, known = self._section_roots(root)
+        maps, ok = self._section_maps(roots, nr % np.uint64(mm_.sections_per_root), known)
+        return np.where(ok, maps + pfns * size, np.uint64(0)), ok
 
     def pfn_of_page(self, page: int) -> Optional[int]:
         """The pfn whose struct page is at *page* (page_to_pfn()), None where
         no pfn's is; NotImplementedError as :meth:`page_addresses`."""
-        mm_ = self._mem_map
-        if mm_ is None:
-            raise NotImplementedError("neither a vmemmap, a mem_map nor a mem_section was found")
+        mm_ = self._mem_map()
         size = self.layout.struct_page_size
         if mm_.model == "linear":
             pfn, rest = divmod(page - mm_.base, size)
             return pfn if pfn >= 0 and not rest else None
-        ptr = self.layout.pointer_size
         per_root = mm_.sections_per_root
-        if mm_.extreme:
-            roots, ok = self.w.memory.read_words(np.uint64(mm_.base) + np.arange(mm_.roots, dtype=np.uint64)
-                                                 * np.uint64(ptr))
-            roots = np.where(ok, roots, np.uint64(0))
-        else:
-            roots = np.uint64(mm_.base) + np.arange(mm_.roots, dtype=np.uint64) * np.uint64(per_root * mm_.section_size)
-        for r in np.nonzero(roots)[0].tolist():
-            nrs = np.arange(r * per_root, (r + 1) * per_root, dtype=np.uint64)
-            at = roots[r] + (nrs - np.uint64(r * per_root)) * np.uint64(mm_.section_size) \
-                + np.uint64(mm_.section_mem_map)
-            encoded, ok = self.w.memory.read_words(at)
-            ok &= (encoded & np.uint64(mm_.has_mem_map)) != 0
-            maps = (encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF)).astype(object)
-            for nr, base in zip(nrs[ok].tolist(), maps[ok].tolist()):
+        roots, known = self._section_roots(np.arange(mm_.roots, dtype=np.uint64))
+        index = np.arange(per_root, dtype=np.uint64)
+        for r in np.nonzero(known)[0].tolist():  # a root at a time: most of an EXTREME array is empty
+            maps, ok = self._section_maps(np.full(per_root, roots[r], np.uint64), index, np.ones(per_root, bool))
+            for i, base in zip(np.nonzero(ok)[0].tolist(), maps[ok].tolist()):
+                nr = r * per_root + i
                 pfn, rest = divmod(page - base, size)
                 if not rest and nr << mm_.section_shift <= pfn < (nr + 1) << mm_.section_shift:
                     return pfn
         return None
 
-    @property
-    def _mem_map(self):
-        if "mem_map" not in self.__dict__:
-            from ksminspect.layout import mem_map
+    def _mem_map(self) -> "MemMap":
+        from ksminspect.layout import mem_map
 
-            self.__dict__["mem_map"] = mem_map(self.prog)
-        return self.__dict__["mem_map"]
+        mm_ = mem_map(self.prog)
+        if mm_ is None:
+            raise NotImplementedError("neither a vmemmap, a mem_map nor a mem_section was found")
+        return mm_
+
+    def _section_roots(self, root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(address of mem_section[root][0], known)`` for each root index
+        (classic SPARSEMEM; under EXTREME a root read from the pointer array,
+        unknown where it is NULL or unreadable)."""
+        mm_ = self._mem_map()
+        known = root < np.uint64(mm_.roots)
+        if mm_.extreme:
+            at = np.where(known, np.uint64(mm_.base) + root * np.uint64(self.layout.pointer_size), np.uint64(0))
+            roots, ok = self.w.memory.read_words(at)
+            return roots, known & ok & (roots != 0)
+        return np.uint64(mm_.base) + root * np.uint64(mm_.sections_per_root * mm_.section_size), known
+
+    def _section_maps(self, roots: np.ndarray, index: np.ndarray,
+                      known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mem_map minus the section's first pfn, known)`` of section
+        *index* of each root: its ``section_mem_map`` decoded
+        (``sparse_decode_mem_map()``), known where it has a mem_map."""
+        mm_ = self._mem_map()
+        at = roots + index * np.uint64(mm_.section_size) + np.uint64(mm_.section_mem_map)
+        encoded, ok = self.w.memory.read_words(np.where(known, at, np.uint64(0)))
+        known = known & ok & ((encoded & np.uint64(mm_.has_mem_map)) != 0)
+        return encoded & np.uint64(mm_.map_mask & 0xFFFFFFFFFFFFFFFF), known
 
     def page_mappings(self, pfns: np.ndarray,
                       heads: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -462,6 +462,11 @@ def _missing_debug_info_message(prog: drgn.Program, symbols: dict[str, str], det
     """*symbols*: each -s path given -> the file read (its decompressed copy)."""
     release = kernel_release(prog)
     if symbols:
+        not_elf = [s for s, f in symbols.items() if not _is_elf(f)]
+        if not_elf:
+            return (f"{', '.join(not_elf)} {'is not an ELF file' if len(not_elf) == 1 else 'are not ELF files'}"
+                    f": -s takes the kernel's vmlinux or its debug file (for kernel {release}, e.g. "
+                    f"{_debug_package_hint(release)})")
         want = _kernel_build_id(prog)
         have = {s: elf_build_id(f) for s, f in symbols.items()}
         other = {s: b for s, b in have.items() if b and want and b != want}
@@ -473,6 +478,14 @@ def _missing_debug_info_message(prog: drgn.Program, symbols: dict[str, str], det
                 f"{': ' + detail.splitlines()[0] if detail else ''}")
     return (f"no debug info found for kernel {release}; pass the vmlinux with -s, "
             f"or install it ({_debug_package_hint(release)})")
+
+
+def _is_elf(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def dump_description(prog: drgn.Program) -> Optional[dict[str, object]]:

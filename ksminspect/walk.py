@@ -24,6 +24,7 @@ import drgn
 
 from ksminspect.layout import KsmLayout, TreeRootsLayout, get_layout
 from ksminspect.memory import CHUNK, KeptMemory
+from ksminspect.program import is_gap
 
 # No sane KSM structure is longer; a walk beyond it is reading garbage.
 MAX_WALK = 1 << 28
@@ -42,8 +43,8 @@ class Damage:
         what = {
             "cycle": "points back into the walk (a cycle)",
             "fault": "points at memory that cannot be read",
-            "excluded": "points at memory the dump left out (its dump level, or a makedumpfile "
-                        "older than the kernel)",
+            "excluded": "points at memory the dump lacks (left out by its dump level or a "
+                        "makedumpfile older than the kernel, or cut short)",
             "misaligned": "is not aligned for the object it should point at",
             "limit": "leads past the longest walk this structure can have",
         }[self.problem]
@@ -51,11 +52,12 @@ class Damage:
                 f"{what}; the walk stopped there")
 
 
-def fault(e: Exception) -> str:
-    """A read's failure as a walk's problem: "excluded" where the dump left
-    the page out on purpose (libkdumpfile says "Excluded page"), which is
-    no evidence about the kernel; else "fault"."""
-    return "excluded" if "Excluded page" in str(e) else "fault"
+def fault(prog: drgn.Program, e: drgn.FaultError) -> str:
+    """A read's failure as a walk's problem: "excluded" where it is the
+    dump's doing (:func:`~ksminspect.program.is_gap`: a page left out, or
+    a filtered or cut short dump), no evidence about the kernel; else
+    "fault"."""
+    return "excluded" if is_gap(prog, e) else "fault"
 
 
 def excluded_pages(damage: Iterable[Damage], page_mask: int) -> list[int]:
@@ -127,7 +129,7 @@ class Walker:
         try:
             return memoryview(self._read(address, size)), 0
         except drgn.FaultError as e:
-            raise WalkDamage(Damage(walk, owner, address, fault(e))) from None
+            raise WalkDamage(Damage(walk, owner, address, fault(self.prog, e))) from None
 
     def read_word(self, walk: str, owner: int, address: int) -> int:
         buf, off = self.object_bytes(walk, owner, address, self.ptr)
@@ -194,7 +196,7 @@ class Walker:
                         try:
                             nxt = unpack(self._read(c, size), next_at)[0]
                         except drgn.FaultError as e:
-                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, fault(e))
+                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, fault(self.prog, e))
                             break
                 append(c)
                 steps += 1

@@ -579,3 +579,82 @@ def test_vmas_of_an_mm_that_has_none() -> None:
     assert at.tolist() == [-1, -1]
     assert vmas.take("pgoff", at, 0).tolist() == [0, 0]
     assert vmas.take("mergeable", at, False).tolist() == [False, False]
+
+
+# -- what a reader sees first ---------------------------------------------
+
+def _check_table(dump: Dump, *more: str, columns: int = 80) -> tuple[int, str]:
+    import os
+    import subprocess
+
+    from test_errors import KSMINSPECT
+
+    r = subprocess.run([KSMINSPECT, *dump.args, "check", *more], capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, COLUMNS=str(columns)))
+    assert "Traceback" not in r.stderr
+    return r.returncode, r.stdout
+
+
+def test_check_leads_with_the_verdict_on_one_screen() -> None:
+    """7.2-seed-noreset: the first line is the verdict with the counts, the
+    next the failing checks, worst first, with how sure; the whole default
+    output fits 80 columns by 50 lines; alike findings are one line each."""
+    dump = BY_NAME["7.2-seed-noreset"]
+    code, text = _check_table(dump)
+    lines = text.splitlines()
+    # stale-anon-vma's 40 info findings where this drgn can look up this
+    # kernel's slab objects (drgn 0.1.0 cannot on 7.2: "cannot tell")
+    slab = "cannot tell (stale-anon-vma)" not in text
+    assert code == 1
+    assert lines[0] == f"KSM is not healthy: 2 of 21 checks fail: 56 errors, 0 warnings, {40 if slab else 0} info"
+    table = "\n".join(lines[1:9])
+    assert table.index("overlay-garbage") < table.index("stale-offset")
+    assert not slab or table.index("stale-offset") < table.index("stale-anon-vma")
+    assert "certain (the dump)" in table and "exact" in table
+    assert len(lines) <= 50 and max(map(len, lines)) <= 80, text
+    # the evidence: 40 overlay-garbage errors in 3 lines, 16 stale-offset in 1, no info listed
+    assert text.count("[8 alike: ") == 1 and text.count("[16 alike: ") == 3
+    assert "keeps the anon_vma" not in text
+    assert not slab or "not listed: 40 findings below --severity warning (stale-anon-vma 40)" in " ".join(text.split())
+
+
+def test_check_unfolds_every_finding_with_v() -> None:
+    dump = BY_NAME["7.2-seed-noreset"]
+    _, data = check_json(dump)
+    code, text = _check_table(dump, "-v", columns=400)
+    assert code == 1 and "alike" not in text
+    for f in data["findings"]:
+        assert f["message"] in text
+    assert "KSM is not healthy" in text.splitlines()[0]
+
+
+def test_a_healthy_verdict_and_limit_in_ktap() -> None:
+    dump = BY_NAME["6.12-numa"]
+    code, text = _check_table(dump)
+    assert code == 0 and text.splitlines()[0].startswith("KSM is healthy: 0 errors, 0 warnings, ")
+    from conftest import parse_ktap
+
+    bad = BY_NAME["7.2-seed-noreset"]
+    for limit, shown in ((None, 3), ("1", 1)):
+        result = run_cli(*bad.args, "check", "-f", "ktap", *(["--limit", limit] if limit else []))
+        parse_ktap(result.stdout)
+        block = result.stdout.split("# overlay-garbage:")[1].split("not ok")[0]
+        assert block.count("# error: ") == shown, block
+        assert result.stdout.splitlines()[2].startswith("# KSM is not healthy")
+
+
+def test_the_certain_fail_first() -> None:
+    """Ordering logic alone (beside the real-dump tests above): on a live
+    kernel a check whose findings a race may explain comes after one whose
+    findings were read again unchanged, however many it has."""
+    from ksminspect.checks import CheckReport, Finding, Severity
+    from ksminspect.commands.check import certainty, verdict
+
+    racy = [Finding("links", Severity.ERROR, a, "m", transient=True) for a in (1, 2, 3)]
+    sure = [Finding("stale-offset", Severity.ERROR, 4, "m", rule="exact overlay match")]
+    head, failing = verdict(CheckReport(findings=racy + sure), ["links", "stale-offset"], False, True)
+    assert failing == ["stale-offset", "links"]
+    assert head == "KSM is not healthy (live kernel): 2 of 2 checks fail: 4 errors, 0 warnings, 0 info"
+    assert certainty(sure, True) == "certain (read again); rule: exact overlay match"
+    assert certainty(racy, True) == "likely (read again; a race with KSM still possible)"
+    assert certainty(sure, False) == "certain (the dump); rule: exact overlay match"

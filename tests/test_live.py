@@ -175,3 +175,21 @@ def test_summary_watch_ends_on_ctrl_c(live_run) -> None:
     assert rc == 0 and len(lines) >= 3
     assert "scanned pages/s" in lines[-1]["rates"]
     assert "Traceback" not in live_run.console
+
+
+def test_metrics_live_are_what_node_exporter_accepts(live_run, tmp_path) -> None:
+    """The service's command, run inside the guest against its live kernel:
+    node_exporter's textfile collector serves the file it wrote, without
+    error, with the live kernel's counters."""
+    from test_metrics import by, families, needs_node_exporter, samples, scrape_with_node_exporter
+
+    rc, text = live_run.sections["metrics"]
+    assert rc == 0, live_run.console[-3000:]
+    needs_node_exporter()
+    (tmp_path / "ksminspect.prom").write_text(text)
+    served = families(scrape_with_node_exporter(tmp_path))
+    assert samples(served, "node_textfile_scrape_error")[0].value == 0
+    assert by(served, "ksminspect_info", "target") == {("live",): 1.0}
+    assert sum(s.value for s in samples(served, "ksminspect_process_rmap_items")) > 0
+    errors = [s for s in samples(served, "ksminspect_check_findings") if s.labels["severity"] == "error" and s.value]
+    assert errors == []

@@ -63,3 +63,40 @@ def test_levels_follow_the_kernel() -> None:
         assert fmt.levels == (5 if l5 else 4), dump.name
         levels[dump.name] = fmt.levels
     assert 5 in levels.values() and 4 in levels.values(), levels
+
+
+def test_struct_pages_both_ways(dump: Dump) -> None:
+    """Each stable node's kpfn leads to its struct page, the one whose
+    mapping is the node | PAGE_MAPPING_KSM (on a healthy dump: by drgn's
+    pfn_to_page(), or classic SPARSEMEM's mem_section where drgn has none,
+    6.12-nonuma), and that struct page back to the kpfn (page_to_pfn(), what
+    `page` does with the address of a struct page)."""
+    from drgn.helpers.linux.mm import pfn_to_page
+
+    from ksminspect.layout import PAGE_MAPPING_KSM
+    from ksminspect.lookups import Lookups
+    from ksminspect.session import begin_session
+
+    prog = program_of(dump)
+    c = begin_session(prog).collect("stable_trees")
+    look = Lookups(prog, c.w)
+    nodes = c.nodes
+    kpfns, address = nodes.rows["kpfn"][nodes.holds_page], nodes.address[nodes.holds_page]
+    if not len(kpfns):
+        pytest.skip("no stable node holds a page")
+    try:
+        pages, known = look.page_addresses(kpfns)
+    except NotImplementedError as e:
+        pytest.skip(str(e))
+    assert known.all(), dump.name
+    mapping, ok = c.w.memory.read_words(pages + np.uint64(c.w.layout.page_mapping))
+    assert ok.all() and (mapping == address + np.uint64(PAGE_MAPPING_KSM)).all(), dump.name
+    try:
+        drgn_pages = [pfn_to_page(prog, pfn).value_() for pfn in kpfns.tolist()[:64]]
+    except (NotImplementedError, LookupError, ValueError):
+        drgn_pages = None  # classic SPARSEMEM: drgn's helper cannot
+    if drgn_pages is not None:
+        assert pages.tolist()[:64] == drgn_pages, dump.name
+    for pfn, page in list(zip(kpfns.tolist(), pages.tolist()))[:64]:
+        assert look.pfn_of_page(page) == pfn, (dump.name, hex(page))
+        assert look.pfn_of_page(page + 1) is None  # inside a struct page: no pfn's

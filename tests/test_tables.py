@@ -78,6 +78,37 @@ def test_on_a_terminal_colour_and_a_pager(tmp_path) -> None:
                            stdout=subprocess.PIPE, text=True, timeout=600)
         assert r.returncode == 1, r.stdout
         text = paged.read_text()
-        assert re.search(r"^56 errors, 0 warnings, \d+ info", text, re.M)  # info: slab lookups, drgn's
+        assert re.search(r"^KSM is not healthy: 2 of 21 checks fail: 56 errors, 0 warnings, \d+ info", text)
         assert ("\x1b[" in text) is not no_color
         assert all(len(line) <= 90 for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines())
+
+
+def test_long_column_names_fold_before_a_table_gives_up() -> None:
+    """mm at 120 columns is wider only by its names (merging_pages over
+    35): they go on two lines, and the rows stay a table."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import DUMPS
+
+    dump = next(d for d in DUMPS if d.name == "6.12-explain")
+    ksminspect = os.path.join(os.path.dirname(sys.executable), "ksminspect")
+    r = subprocess.run([ksminspect, *dump.args, "mm"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, COLUMNS="120"))
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[-4:] == ["rmap_", "merging_", "zero_", "process_"], lines[:2]
+    assert lines[1].split() == ["items", "pages", "pages", "profit"]
+    assert set(lines[2]) == {"-", " "} and max(map(len, lines)) <= 120
+
+
+def test_counts_in_headers_do_not_change_under_limit() -> None:
+    from conftest import run_cli, DUMPS
+
+    dump = next(d for d in DUMPS if d.name == "6.12-explain")
+    whole = run_cli(*dump.args, "stable-tree").stdout.splitlines()
+    cut = run_cli(*dump.args, "stable-tree", "--limit", "2").stdout.splitlines()
+    assert cut[0] == whole[0] + ", 2 shown" and cut[-1] == whole[-1]
+    whole = run_cli(*dump.args, "unstable-tree").stdout.splitlines()[0]
+    cut = run_cli(*dump.args, "unstable-tree", "--limit", "2").stdout.splitlines()[0]
+    assert cut == whole.replace(" items (", " items, 2 shown (")

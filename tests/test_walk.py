@@ -18,6 +18,8 @@ BASE = 0xFFFF888000000000
 
 
 class Memory:
+    cache: dict = {}  # as drgn.Program's: no dump description, so a fault is no gap
+
     def __init__(self, words: dict[int, int], size: int = 1 << 16):
         self.buf = bytearray(size)
         for address, value in words.items():

@@ -171,5 +171,4 @@ class DumpGaps:
         """The pages the dump lacks where *walks* stopped: what they did not see."""
         parts = {p for w in walks for p in WALK_PARTS.get(w, ())}
         return sorted({d.pointer - d.pointer % page_size for d in damage
-                       if d.walk in parts and d.problem in ("excluded", "fault")
-                       and self.lacks(d.pointer, 1, page_size)})
+                       if d.walk in parts and d.problem == "excluded"})

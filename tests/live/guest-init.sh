@@ -36,6 +36,10 @@ section check ksminspect check --format json
 section mm ksminspect mm --format json
 section summary ksminspect summary --format json
 section explain ksminspect explain --format json
+# the contrib service's command, into a textfile directory as node_exporter's
+metrics() { mkdir -p /run/textfile && ksminspect metrics /run/textfile/ksminspect.prom &&
+            cat /run/textfile/ksminspect.prom; }
+section metrics metrics
 # 45 s: under TCG, starting Python with drgn and numpy from 9p takes a while
 section watch timeout --preserve-status -s INT 45 "$KSMI_VENV/bin/ksminspect" -s "$KSMI_DEBUG" summary --watch 1 --format json
 
