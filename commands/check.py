@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import click
 
-from ksminspect.checks.engine import Finding, Severity
+from ksminspect.checks.engine import Finding
 from ksminspect.errors import EXIT_FINDINGS, EXIT_OK
 
 from .params import COUNT
@@ -56,6 +56,32 @@ def folded_message(group: list[Finding]) -> str:
     return f"{first.message} [{len(group)} alike{span}]"
 
 
+def severity_counts(findings: Iterable[Finding]) -> dict[str, int]:
+    """How many of *findings* are of each severity, the worst first."""
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for f in findings:
+        counts[f.severity.value] += 1
+    return counts
+
+
+def failing_levels(strict: bool) -> tuple[str, ...]:
+    """The severities that fail a check (and set the exit code)."""
+    return ("error", "warning") if strict else ("error",)
+
+
+def fails(counts: dict[str, int], strict: bool) -> bool:
+    """Whether findings of these :func:`severity_counts` fail."""
+    return any(counts[s] for s in failing_levels(strict))
+
+
+def by_check(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
+    """The findings of each check, in order of each check's first."""
+    out: dict[str, list[Finding]] = {}
+    for f in findings:
+        out.setdefault(f.check, []).append(f)
+    return out
+
+
 def counts_words(counts: dict[str, int]) -> str:
     """"16 errors", "1 warning, 3 info": the non-zero counts by severity."""
     words = [plural(counts.get(s, 0), s) if s != "info" else f"{counts['info']} info"
@@ -65,17 +91,14 @@ def counts_words(counts: dict[str, int]) -> str:
 
 def verdict(report, checks: list[str], strict: bool, live: bool) -> tuple[str, list[str]]:
     """The answer in a line, and the checks that fail, worst first."""
-    by_check: dict[str, dict[str, int]] = {c: {s: 0 for s in SEVERITIES} for c in checks}
-    for f in report.findings:
-        by_check[f.check][f.severity.value] += 1
-    failing_levels = ("error", "warning") if strict else ("error",)
+    mine = by_check(report.findings)
+    counts = {c: severity_counts(mine.get(c, ())) for c in checks}
     # the certain first (live: none that a race may explain), then the worst
     racy = {f.check for f in report.findings if f.transient}
-    failing = sorted((c for c in checks if any(by_check[c][s] for s in failing_levels)),
-                     key=lambda c: (c in racy, -by_check[c]["error"], -by_check[c]["warning"], c))
-    total = {s: sum(by_check[c][s] for c in checks) for s in SEVERITIES}
-    judged = len(checks) - sum(1 for c in checks if c in report.cannot_tell and not
-                               any(by_check[c].values()))
+    failing = sorted((c for c in checks if fails(counts[c], strict)),
+                     key=lambda c: (c in racy, -counts[c]["error"], -counts[c]["warning"], c))
+    total = severity_counts(report.findings)
+    judged = len(checks) - sum(1 for c in checks if c in report.cannot_tell and c not in mine)
     told = f"{total['error']} errors, {total['warning']} warnings, {total['info']} info"
     where = " (live kernel)" if live else ""
     if failing:
@@ -106,18 +129,18 @@ def ktap_lines(checks: list[str], findings: list, cannot_tell: dict[str, str],
     findings (with strict, warnings too), "# SKIP" where it could judge
     nothing; the verdict, counts and the first *shown* lines of evidence
     (alike findings folded) as diagnostics."""
-    failing = {Severity.ERROR} | ({Severity.WARNING} if strict else set())
+    failing = failing_levels(strict)
     yield "KTAP version 1"
     yield f"1..{len(checks)}"
     if head:
         yield f"# {head}"
     totals = {"pass": 0, "fail": 0, "skip": 0}
+    of_check = by_check(findings)
     for number, name in enumerate(checks, 1):
-        mine = [f for f in findings if f.check == name]
-        counts = {s: sum(f.severity == s for f in mine) for s in Severity}
+        mine = of_check.get(name, [])
         if mine:
-            yield f"# {name}: {counts_words({s.value: n for s, n in counts.items()})}"
-        lines = folds(f for f in mine if f.severity in failing)
+            yield f"# {name}: {counts_words(severity_counts(mine))}"
+        lines = folds(f for f in mine if f.severity.value in failing)
         for group in lines[:shown]:
             yield f"# {group[0].severity.value}: {folded_message(group)}"
         if len(lines) > shown:
@@ -161,31 +184,30 @@ def _table(report, checks: list[str], strict: bool, live: bool, least: str | Non
     findings = report.findings
     head, failing = verdict(report, checks, strict, live)
     echo_wrapped(head)
-    by_check: dict[str, list[Finding]] = {}
-    for f in findings:
-        by_check.setdefault(f.check, []).append(f)
+    of_check = by_check(findings)
     least = least or ("info" if unfold else "warning")
     shown_levels = SEVERITIES[:SEVERITIES.index(least) + 1]
-    listed_checks = sorted((c for c in by_check if any(f.severity.value in shown_levels for f in by_check[c])),
+    counts = {c: severity_counts(mine) for c, mine in of_check.items()}
+    listed_checks = sorted((c for c in of_check if any(counts[c][s] for s in shown_levels)),
                            key=lambda c: (c not in failing, failing.index(c) if c in failing else 0,
-                                          min(SEVERITIES.index(f.severity.value) for f in by_check[c]), c))
-    if by_check:
+                                          min(SEVERITIES.index(s) for s in SEVERITIES if counts[c][s]), c))
+    if of_check:
         rows = []
-        for c in sorted(by_check, key=lambda c: (c not in listed_checks, listed_checks.index(c)
+        for c in sorted(of_check, key=lambda c: (c not in listed_checks, listed_checks.index(c)
                                                  if c in listed_checks else 0, c)):
-            n = {s: sum(f.severity.value == s for f in by_check[c]) for s in SEVERITIES}
+            n = counts[c]
             rows.append([c, severity(str(n["error"]), "error") if n["error"] else "0",
                          severity(str(n["warning"]), "warning") if n["warning"] else "0", n["info"],
-                         certainty(by_check[c], live) if n["error"] or n["warning"] else
+                         certainty(of_check[c], live) if n["error"] or n["warning"] else
                          "info: worth knowing, not a fault"])
         emit_table(rows, ["check", "errors", "warnings", "info", "how sure"], wrap=["how sure"])
     hidden: dict[str, int] = {}
     for c in listed_checks:
-        mine = [f for f in by_check[c] if f.severity.value in shown_levels]
-        hidden_here = len(by_check[c]) - len(mine)
+        mine = [f for f in of_check[c] if f.severity.value in shown_levels]
+        hidden_here = len(of_check[c]) - len(mine)
         lines = [[f] for f in mine] if unfold else folds(mine)
         click.echo()
-        echo_wrapped(f"{c}: {counts_words({s: sum(f.severity.value == s for f in by_check[c]) for s in SEVERITIES})}"
+        echo_wrapped(f"{c}: {counts_words(counts[c])}"
                      f"; a healthy KSM keeps: {CHECKS[c]}")
         shown = lines if limit is None else lines[:limit]
         rules = {f.rule for g in shown for f in g}
@@ -200,9 +222,9 @@ def _table(report, checks: list[str], strict: bool, live: bool, least: str | Non
                        f"more, not listed (--limit)")
         if hidden_here:
             hidden[c] = hidden_here
-    for c in by_check:
+    for c in of_check:
         if c not in listed_checks:
-            hidden[c] = len(by_check[c])
+            hidden[c] = len(of_check[c])
     if hidden:
         click.echo()
         echo_wrapped(f"not listed: {plural(sum(hidden.values()), 'finding')} below --severity {least} "
@@ -269,8 +291,7 @@ def check(app, strict: bool, only: str | None, retries: int, least: str | None, 
     report = run_checks(prog, app.live, chosen, retries)
     checks = chosen or list(CHECKS)
     findings, cannot_tell = report.findings, report.cannot_tell
-    counts = {s.value: sum(1 for f in findings if f.severity == s) for s in Severity}
-    failing = counts["error"] + (counts["warning"] if strict else 0)
+    counts = severity_counts(findings)
 
     if fmt == "json":
         listed, more = _listed(findings, least or "info", limit)
@@ -285,4 +306,4 @@ def check(app, strict: bool, only: str | None, retries: int, least: str | None, 
             click.echo(line)
     else:
         _table(report, checks, strict, app.live, least, limit, unfold)
-    click.get_current_context().exit(EXIT_FINDINGS if failing else EXIT_OK)
+    click.get_current_context().exit(EXIT_FINDINGS if fails(counts, strict) else EXIT_OK)

@@ -123,8 +123,7 @@ def cached_copy(path: str, name: str, make: Callable[[str, str], None], doing: s
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    trim(limit)
-    held = sum(e.size for e in entries())
+    held = sum(e.size for e in entries()) - sum(e.size for e in trim(limit))
     if held > limit:
         print(f"ksminspect: note: the cache holds {held / 1e9:.1f} GB, above KSMINSPECT_CACHE_MAX "
               f"({limit / 1e9:g} GB): what this command reads stays until it ends", file=sys.stderr)

@@ -158,11 +158,8 @@ def _per_process(r: _Read, max_processes: int) -> list[Family]:
                     "missing, not zero.")
 
     def add(group: list[ProcessPages], who: dict[str, object]) -> None:
-        told = [p for p in group if not p.cannot_tell]
-        if told:
-            for state in MEMORY_STATES:
-                memory.add(sum(_pages(p, state) for p in told) * r.page, **who, state=state)
-            profit.add(sum(map(r.profit, told)), **who, source="ksminspect")
+        if any(not p.cannot_tell for p in group):
+            _add_memory(r, group, memory, profit, who, source="ksminspect")
         stat = [p.ksm_stat for p in group]
         if all("ksm_merging_pages" in s for s in stat):
             merging.add(sum(s["ksm_merging_pages"] for s in stat), **who)
@@ -180,6 +177,16 @@ def _per_process(r: _Read, max_processes: int) -> list[Family]:
     return [memory, merging, profit, items, item_bytes, cannot]
 
 
+def _add_memory(r: _Read, group: list[ProcessPages], memory: Family, profit: Family, who: dict[str, object],
+                **profit_labels: object) -> None:
+    """*group*'s memory by state and its profit, summed over the processes
+    whose page tables could be read."""
+    told = [p for p in group if not p.cannot_tell]
+    for state in MEMORY_STATES:
+        memory.add(sum(_pages(p, state) for p in told) * r.page, **who, state=state)
+    profit.add(sum(map(r.profit, told)), **who, **profit_labels)
+
+
 def _per_cgroup(r: _Read) -> list[Family]:
     """Every process (those left out per process too), per memory cgroup."""
     memory = Family("ksminspect_cgroup_memory_bytes", "gauge",
@@ -191,10 +198,7 @@ def _per_cgroup(r: _Read) -> list[Family]:
     for p in r.processes:
         groups.setdefault(p.cgroup or "", []).append(p)
     for name, group in sorted(groups.items()):
-        told = [p for p in group if not p.cannot_tell]
-        for state in MEMORY_STATES:
-            memory.add(sum(_pages(p, state) for p in told) * r.page, cgroup=name, state=state)
-        profit.add(sum(map(r.profit, told)), cgroup=name)
+        _add_memory(r, group, memory, profit, {"cgroup": name})
         processes.add(len(group), cgroup=name)
     return [memory, profit, processes]
 
