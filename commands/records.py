@@ -13,7 +13,7 @@ import json
 from functools import lru_cache
 
 import numpy as np
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ksminspect.decode import POINTER_FIELDS, NodeKind
 
@@ -124,17 +124,47 @@ def sharers_text(sharers) -> str:
                      for i, m, p, c, a, s in zip(items, mms, pids, comms, pages, states))
 
 
+def node_record(address: int, kind: NodeKind, tree_nid: Optional[int], nid: Optional[int], kpfn: Optional[int],
+                rmap_hlist_len: Optional[int], sharers: str, dups: str, damage, chain_prune_time: Optional[int]) -> str:
+    """A stable tree entry as JSON text: the one definition of its keys.
+    *sharers* and *dups*: their JSON texts, comma-separated; *damage*: the
+    :class:`~ksminspect.walk.Damage` met on its hlist or dups."""
+    kpfn_text = "null" if kpfn is None else f'"{kpfn:#x}"'
+    return (f'{{"address": "{address:#x}", "kind": "{kind.value}", "tree_nid": {json_int(tree_nid)}, '
+            f'"nid": {json_int(nid)}, "kpfn": {kpfn_text}, '
+            f'"rmap_hlist_len": {json_int(rmap_hlist_len)}, "sharers": [{sharers}], "dups": [{dups}], '
+            f'"damage": {json.dumps([d.sentence() for d in damage]) if damage else "[]"}'
+            + (f', "chain_prune_time": {chain_prune_time}}}' if chain_prune_time is not None else "}"))
+
+
 def node_text(e) -> str:
-    """A stable tree entry as JSON text: the one definition of its keys."""
-    chain = e.kind is NodeKind.CHAIN
-    kpfn = "null" if e.kpfn is None else f'"{e.kpfn:#x}"'
-    return (f'{{"address": "{e.node:#x}", "kind": "{e.kind.value}", "tree_nid": {json_int(e.tree_nid)}, '
-            f'"nid": {"null" if chain else json_int(e.nid)}, '
-            f'"kpfn": {kpfn}, "rmap_hlist_len": {json_int(e.rmap_hlist_len)}, '
-            f'"sharers": [{sharers_text(e.sharers) if e.sharers else ""}], '
-            f'"dups": [{", ".join(map(node_text, e.dups))}], '
-            f'"damage": {json.dumps([d.sentence() for d in e.damage]) if e.damage else "[]"}'
-            + (f', "chain_prune_time": {e.chain_prune_time}}}' if e.chain_prune_time is not None else "}"))
+    """A :class:`~ksminspect.stable.StableTreeNode` as JSON text."""
+    return node_record(e.node, e.kind, e.tree_nid, None if e.kind is NodeKind.CHAIN else e.nid, e.kpfn,
+                       e.rmap_hlist_len, sharers_text(e.sharers) if e.sharers else "",
+                       ", ".join(map(node_text, e.dups)), e.damage, e.chain_prune_time)
+
+
+def node_texts(cols, indices: list[int]) -> Iterator[str]:
+    """:func:`node_text` of each of *indices* of a
+    :class:`~ksminspect.stable.StableColumns`, made from the columns as they
+    are written: a host's hundred thousand stable pages are no hundred
+    thousand objects, nor their texts all held at once."""
+    items, mms, pids, comms, pages, states = cols.sharers
+    template = [item_template(p, c) for p, c in zip(pids, comms)]  # each sharer's owner's
+    start, stop, kpfn = cols.hlist_start, cols.hlist_stop, cols.kpfn
+
+    def sharers(i: int) -> str:
+        return ", ".join([template[k] % (items[k], mms[k], pages[k], states[k]) for k in range(start[i], stop[i])])
+
+    def text(i: int) -> str:
+        chain = cols.kind[i] is NodeKind.CHAIN
+        return node_record(cols.address[i], cols.kind[i], cols.tree_nid[i], None if chain else cols.nid[i],
+                           None if chain else kpfn[i], cols.rmap_hlist_len[i],
+                           "" if chain or not cols.holds_page[i] else sharers(i),
+                           ", ".join(map(text, cols.dups.get(cols.address[i], ()))) if chain else "",
+                           [cols.damage[i]] if i in cols.damage else (), kpfn[i] if chain else None)
+
+    return map(text, indices)
 
 
 def node_json(e) -> dict[str, Any]:

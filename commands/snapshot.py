@@ -9,7 +9,7 @@ from typing import Any, Optional
 import click
 
 from .records import (SCHEMA_VERSION, cursor_json, document, finding_json, item_template, mm_slot_json,
-                      node_text, utc)
+                      node_texts, utc)
 from .render import JsonArray, echo_wrapped, emit, emit_json, emit_table, format_option
 
 
@@ -22,7 +22,7 @@ def take_snapshot(app) -> dict[str, Any]:
     from ksminspect.program import dump_description, kernel_release
     from ksminspect.scan import read_scan_cursor
     from ksminspect.session import session
-    from ksminspect.stable import for_each_stable_tree_node
+    from ksminspect.stable import stable_columns
     from ksminspect.walk import WalkDamage
 
     import numpy as np
@@ -52,12 +52,9 @@ def take_snapshot(app) -> dict[str, Any]:
                                              state_words[c.state[rows]].tolist()))
 
     items = JsonArray(item_texts(), c.walked)
-    pages = []
-    try:
-        for e in for_each_stable_tree_node(prog):
-            pages.extend(e.dups or [e])
-    except WalkDamage as e:
-        damage.append(e.damage.sentence())
+    stable = stable_columns(prog)
+    damage.extend(d.sentence() for d in stable.walk_damage[:1])
+    pages = stable.pages()
     report = run_checks(prog, app.live)  # the same reads as the items above
     # a dump's own time (the kernel's clock when it was taken), not this run's
     clock = None if app.live else wall_clock(prog)
@@ -71,7 +68,7 @@ def take_snapshot(app) -> dict[str, Any]:
         "cursor": cursor_json(prog, cursor),
         "mm_slots": slots,
         "items": items,
-        "stable_pages": JsonArray(map(node_text, pages), len(pages)),
+        "stable_pages": JsonArray(node_texts(stable, pages), len(pages)),
         "findings": [finding_json(f) for f in report.findings],
         "damage": damage,
         "dump": dump_description(prog),

@@ -81,55 +81,95 @@ class StableTreeNode:
         return len(self.dups) if self.kind == NodeKind.CHAIN else 1
 
 
+# collect.py's kind column in the stable tree's own words
+KINDS = {TREE: NodeKind.NODE, CHAIN: NodeKind.CHAIN, DUP: NodeKind.DUP, MIGRATE: NodeKind.MIGRATE}
+
+
+@dataclass
+class StableColumns:
+    """The session's stable nodes as columns of Python values, each read
+    once (a host has a hundred thousand nodes): what an entry of
+    :func:`for_each_stable_tree_node` is made of, and what a renderer that
+    needs no objects reads instead. Index ``i`` is the collection's node
+    index."""
+
+    address: list[int]
+    kind: list[NodeKind]
+    tree_nid: list[Optional[int]]  # None: on migrate_nodes
+    nid: list[Optional[int]]  # node->nid (CONFIG_NUMA)
+    kpfn: list[int]  # a chain's: chain_prune_time
+    rmap_hlist_len: list[Optional[int]]
+    holds_page: list[bool]
+    # every sharer once, as (item, mm, pid, comm, page_address, state);
+    # node i's are hlist_start[i]:hlist_stop[i] of each
+    sharers: tuple[list, ...]
+    hlist_start: list[int]
+    hlist_stop: list[int]
+    dups: dict[int, list[int]]  # chain address -> its dups' indices, in hlist order
+    damage: dict[int, Damage]  # node index -> why its hlist (a chain's: dups) was cut short
+    entries: list[int]  # the trees' entries in tree order, then migrate_nodes
+    walk_damage: list[Damage]  # of the trees themselves, or of migrate_nodes
+
+    def pages(self) -> list[int]:
+        """Every node that holds a KSM page (a chain without dups stands for
+        itself), in the order of :attr:`entries`."""
+        out: list[int] = []
+        for i in self.entries:
+            out.extend(self.dups.get(self.address[i]) or [i])
+        return out
+
+
+def stable_columns(prog: drgn.Program) -> StableColumns:
+    """The stable trees and migrate_nodes of the session's collection."""
+    c = session(prog).collect("stable_trees")
+    nodes = c.nodes
+    rows = nodes.hlist_rows
+    mms = c.items["mm"][rows].tolist()
+    owner_of = {mm: mm_owner(prog, mm) for mm in set(mms)}
+    n = len(nodes)
+    names = nodes.rows.dtype.names or ()
+    dups: dict[int, list[int]] = {}
+    for d, chain in zip(np.nonzero(nodes.kind == DUP)[0].tolist(), nodes.chain[nodes.kind == DUP].tolist()):
+        dups.setdefault(chain, []).append(d)
+    return StableColumns(
+        address=nodes.address.tolist(),
+        kind=[KINDS[k] for k in nodes.kind.tolist()],
+        tree_nid=[None if k == MIGRATE else t for k, t in zip(nodes.kind.tolist(), nodes.nid.tolist())],
+        nid=nodes.rows["nid"].tolist() if "nid" in names else [None] * n,
+        kpfn=nodes.rows["kpfn"].tolist(),
+        rmap_hlist_len=nodes.rows["rmap_hlist_len"].tolist() if "rmap_hlist_len" in names else [None] * n,
+        holds_page=nodes.holds_page.tolist(),
+        sharers=(c.item_address[rows].tolist(), mms, [owner_of[mm].pid for mm in mms],
+                 [owner_of[mm].comm for mm in mms], c.page_address(rows).tolist(),
+                 [STATE_NAMES[st] for st in c.state[rows].tolist()]),
+        hlist_start=nodes.hlist_start.tolist(), hlist_stop=nodes.hlist_stop.tolist(),
+        dups=dups, damage=nodes.damage_of,
+        entries=np.nonzero(nodes.kind != DUP)[0].tolist(),
+        walk_damage=nodes.walk_damage)
+
+
 def for_each_stable_tree_node(prog: drgn.Program) -> Iterator[StableTreeNode]:
     """Every entry of every ``root_stable_tree[nid]``, in tree order, then the
     nodes on ``migrate_nodes``, from the session's collection. Damage to a
     tree or to migrate_nodes raises :class:`WalkDamage` after every readable
     entry; damage to one entry's hlist or dups is in its ``damage``."""
-    c = session(prog).collect("stable_trees")
-    nodes = c.nodes
-    item_address = c.item_address
-    state, mm_of = c.state, c.items["mm"]
+    cols = stable_columns(prog)
 
-    # every sharer once, as columns of Python values; each node takes its stretch
-    rows = nodes.hlist_rows
-    mms = mm_of[rows].tolist()
-    owner_of = {mm: mm_owner(prog, mm) for mm in set(mms)}
-    everyone = (item_address[rows].tolist(), mms, [owner_of[mm].pid for mm in mms],
-                [owner_of[mm].comm for mm in mms], c.page_address(rows).tolist(),
-                [STATE_NAMES[st] for st in state[rows].tolist()])
-    start, stop = nodes.hlist_start.tolist(), nodes.hlist_stop.tolist()
-
-    def sharers(i: int) -> Sharers:
-        return Sharers(everyone, start[i], stop[i])
-
-    # each column once as Python values: a host has a hundred thousand nodes
-    n = len(nodes)
-    names = nodes.rows.dtype.names or ()
-    address, kpfns = nodes.address.tolist(), nodes.rows["kpfn"].tolist()
-    nids = nodes.rows["nid"].tolist() if "nid" in names else [None] * n
-    lens = nodes.rows["rmap_hlist_len"].tolist() if "rmap_hlist_len" in names else [None] * n
-    holds_page = nodes.holds_page.tolist()
-
-    def entry(i: int, kind: NodeKind, tree_nid: Optional[int]) -> StableTreeNode:
-        chain = kind == NodeKind.CHAIN
-        e = StableTreeNode(node=address[i], kind=kind, tree_nid=tree_nid, nid=nids[i],
-                           kpfn=None if chain else kpfns[i],
-                           chain_prune_time=kpfns[i] if chain else None, rmap_hlist_len=lens[i])
-        if i in nodes.damage_of:
-            e.damage.append(nodes.damage_of[i])
+    def entry(i: int) -> StableTreeNode:
+        kind = cols.kind[i]
+        chain = kind is NodeKind.CHAIN
+        e = StableTreeNode(node=cols.address[i], kind=kind, tree_nid=cols.tree_nid[i], nid=cols.nid[i],
+                           kpfn=None if chain else cols.kpfn[i],
+                           chain_prune_time=cols.kpfn[i] if chain else None,
+                           rmap_hlist_len=cols.rmap_hlist_len[i])
+        if i in cols.damage:
+            e.damage.append(cols.damage[i])
         if chain:
-            e.dups = [entry(d, NodeKind.DUP, tree_nid) for d in dups_of.get(e.node, [])]
-        elif holds_page[i]:
-            e.sharers = sharers(i)
+            e.dups = [entry(d) for d in cols.dups.get(cols.address[i], ())]
+        elif cols.holds_page[i]:
+            e.sharers = Sharers(cols.sharers, cols.hlist_start[i], cols.hlist_stop[i])
         return e
 
-    dups_of: dict[int, list[int]] = {}
-    for d in np.nonzero(nodes.kind == DUP)[0].tolist():
-        dups_of.setdefault(int(nodes.chain[d]), []).append(d)
-    for i in np.nonzero((nodes.kind == TREE) | (nodes.kind == CHAIN))[0].tolist():
-        yield entry(i, NodeKind.CHAIN if nodes.kind[i] == CHAIN else NodeKind.NODE, int(nodes.nid[i]))
-    for i in np.nonzero(nodes.kind == MIGRATE)[0].tolist():
-        yield entry(i, NodeKind.MIGRATE, None)
-    if nodes.walk_damage:
-        raise WalkDamage(nodes.walk_damage[0])
+    yield from map(entry, cols.entries)
+    if cols.walk_damage:
+        raise WalkDamage(cols.walk_damage[0])
