@@ -65,25 +65,42 @@ class KeptMemory:
             except Exception:
                 self._unreadable.add(base)
                 return None
-        for k in range(span):
-            if base + k * CHUNK not in self._slot:
-                self._store(base + k * CHUNK, np.frombuffer(data, np.uint8, CHUNK, k * CHUNK))
+        bytes_read = np.frombuffer(data, np.uint8, span * CHUNK)
+        k = 0
+        while k < span:  # each run of chunks not yet kept, copied at once
+            if base + k * CHUNK in self._slot:
+                k += 1
+                continue
+            n = 1
+            while k + n < span and base + (k + n) * CHUNK not in self._slot:
+                n += 1
+            self._store(base + k * CHUNK, bytes_read[k * CHUNK:(k + n) * CHUNK])
+            k += n
         return self._slot[base]
 
     def _store(self, base: int, data: np.ndarray) -> None:
-        slot = len(self._slot)
-        block, index = divmod(slot, _BLOCK)
-        if block == len(self._blocks):
-            self._maps.append(mmap.mmap(-1, _BLOCK * CHUNK))
-            self._blocks.append(np.frombuffer(self._maps[-1], np.uint8))
-            # numpy's stubs give ndarray __buffer__ only on Python >= 3.12
-            view = memoryview(self._blocks[-1])  # type: ignore[arg-type]
-            self._bytes.append(view)
-            self._words.append(view.cast(self._word_code))
-        self._blocks[block][index * CHUNK:(index + 1) * CHUNK] = data
-        self._slot[base] = slot
-        if self.native:
-            self.word_chunks[base] = (self._words[block], index * (CHUNK // self.word_size))
+        """Keep the chunks from *base* on whose bytes are *data*, in the
+        next free slots."""
+        count, done = len(data) // CHUNK, 0
+        while done < count:
+            slot = len(self._slot)
+            block, index = divmod(slot, _BLOCK)
+            if block == len(self._blocks):
+                self._maps.append(mmap.mmap(-1, _BLOCK * CHUNK))
+                self._blocks.append(np.frombuffer(self._maps[-1], np.uint8))
+                # numpy's stubs give ndarray __buffer__ only on Python >= 3.12
+                view = memoryview(self._blocks[-1])  # type: ignore[arg-type]
+                self._bytes.append(view)
+                self._words.append(view.cast(self._word_code))
+            n = min(count - done, _BLOCK - index)  # as many as the block has room for
+            self._blocks[block][index * CHUNK:(index + n) * CHUNK] = data[done * CHUNK:(done + n) * CHUNK]
+            words = self._words[block]
+            for k in range(n):
+                at = base + (done + k) * CHUNK
+                self._slot[at] = slot + k
+                if self.native:
+                    self.word_chunks[at] = (words, (index + k) * (CHUNK // self.word_size))
+            done += n
 
     def chunk(self, address: int) -> Optional[tuple[memoryview, int]]:
         """``(bytes of the kept block, offset of address in it)``, or None
@@ -172,6 +189,7 @@ class KeptMemory:
         unit = next(u for u in (8, 4, 1) if size % u == 0 and low_bits % u == 0)
         utype = {8: np.uint64, 4: np.uint32, 1: np.uint8}[unit]
         raw = out.view(utype).reshape(len(addresses), size // unit)
+        units = np.arange(size // unit)  # an object's units, from its first
         flats = [b.view(utype) for b in blocks]
         # With consume, a chunk's pages are given back once its last object is
         # copied: where the walk met objects in address order (as a slab fills)
@@ -192,8 +210,7 @@ class KeptMemory:
                 these = rows[bounds[b]:bounds[b + 1]]
                 start = ((here[bounds[b]:bounds[b + 1]] % _BLOCK).astype(np.int64) * CHUNK
                          + offset[these]) // unit
-                for k in range(size // unit):
-                    raw[these, k] = flats[b][start + k]
+                raw[these] = flats[b][start[:, None] + units]
             if left is not None:
                 left -= np.bincount(here, minlength=len(slots))
                 free = np.nonzero((left == 0) & ~done)[0]
