@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import drgn
+import numpy as np
 
 from ksminspect.layout import KsmLayout, TreeRootsLayout, get_layout
 from ksminspect.memory import CHUNK, KeptMemory
@@ -158,61 +159,109 @@ class Walker:
         appends each chain's containers to *out* and where it ends to
         *stops*; returns ``(chain index, damage)`` for the chains cut short.
         Cycles are found with Brent's method, in constant memory."""
+        damaged: list[tuple[int, Damage]] = []
+        for index, (first, owner) in enumerate(chains):
+            start = len(out)
+            if not self._follow_clean(first, member, next_at, size, out):
+                del out[start:]  # something is odd: walk it again, step by step
+                damage = self._follow_exact(walk, first, owner, member, next_at, size, out)
+                if damage:
+                    damaged.append((index, damage))
+            stops.append(len(out))
+        return damaged
+
+    def _follow_clean(self, first: int, member: int, next_at: int, size: int, out: "array[int]") -> bool:
+        """The fast path of :meth:`follow_each` (a million rmap_items): a
+        chain through kept chunks, with no check per step but that it stays in
+        its chunk. True where it ended at NULL with every container aligned
+        and none met twice; False at anything else (a misaligned or unreadable
+        pointer, a container across a chunk's end, a cycle, or more steps in
+        one chunk than it has containers), where what it appended means
+        nothing and :meth:`_follow_exact` walks the chain instead."""
         kept = self.memory.word_chunks  # chunk base -> (words, index of its first word)
+        load = self.memory.words
+        shift = 3 if self.ptr == 8 else 2
+        cmask = ~(CHUNK - 1)
+        append = out.append
+        spin = range(CHUNK // self.ptr + 1)  # more steps in one chunk than it holds: a cycle
+        entered: set[int] = set()  # where the walk came into a chunk: met again, a cycle
+        start = len(out)
+        c = first - member
+        while first:
+            base = c & cmask
+            if c in entered or c & (self.ptr - 1) or c - base + size > CHUNK:
+                return False
+            entered.add(c)
+            got = kept.get(base) or load(c)
+            if got is None:
+                return False
+            words, wbase = got
+            lo, hi = base, base + CHUNK - size
+            delta = wbase + ((next_at - lo) >> shift)
+            for _ in spin:  # containers lo..hi lie whole in this chunk
+                append(c)
+                first = words[(c >> shift) + delta]
+                c = first - member
+                if not lo <= c <= hi:  # another chunk, or NULL (below any chunk)
+                    break
+            else:
+                return False
+            if len(out) - start > MAX_WALK:
+                return False
+        # a misaligned container inside a chunk was read as the aligned one
+        # below it: seen here, after the walk, once for all
+        walked: np.ndarray = np.frombuffer(out, np.uint64 if out.itemsize == 8 else np.uint32)[start:]
+        return not np.any(walked & (self.ptr - 1))
+
+    def _follow_exact(self, walk: str, first: int, owner: int, member: int, next_at: int, size: int,
+                      out: "array[int]") -> Optional[Damage]:
+        """One chain step by step, every step checked: appends its containers
+        to *out* and returns the damage that ended it early, if any."""
+        kept = self.memory.word_chunks
         load = self.memory.words
         unpack = self._unpack_word
         amask = self.ptr - 1
         shift = 3 if self.ptr == 8 else 2
         cmask = ~(CHUNK - 1)
         append = out.append
-        damaged: list[tuple[int, Damage]] = []
         # containers lo..hi lie whole in the current chunk, whose words are
         # words[(c >> shift) + delta] for the next pointer of container c
         # (none yet: lo > hi, so the empty words are never indexed)
         lo, hi, delta = 1, 0, 0
         words: memoryview = memoryview(b"")
-        for index, (first, owner) in enumerate(chains):
-            start = len(out)
-            saved, power, steps = -1, 1, 0
-            pos = first
-            damage = None
-            while pos:
-                c = pos - member
-                if c & amask:
-                    damage = Damage(walk, out[-1] if len(out) > start else owner, c, "misaligned")
-                    break
-                if lo <= c <= hi:
+        start = len(out)
+        saved, power, steps = -1, 1, 0
+        pos = first
+        while pos:
+            c = pos - member
+            if c & amask:
+                return Damage(walk, out[-1] if len(out) > start else owner, c, "misaligned")
+            if lo <= c <= hi:
+                nxt = words[(c >> shift) + delta]
+            else:
+                base = c & cmask
+                got = kept.get(base) or (load(c) if c - base + size <= CHUNK else None)
+                if got is not None:
+                    words, wbase = got
+                    lo, hi = base, base + CHUNK - size
+                    delta = wbase + ((next_at - lo) >> shift)
                     nxt = words[(c >> shift) + delta]
-                else:
-                    base = c & cmask
-                    got = kept.get(base) or (load(c) if c - base + size <= CHUNK else None)
-                    if got is not None:
-                        words, wbase = got
-                        lo, hi = base, base + CHUNK - size
-                        delta = wbase + ((next_at - lo) >> shift)
-                        nxt = words[(c >> shift) + delta]
-                    else:  # not whole in one readable chunk: read the object alone
-                        lo, hi = 1, 0
-                        try:
-                            nxt = unpack(self._read(c, size), next_at)[0]
-                        except drgn.FaultError as e:
-                            damage = Damage(walk, out[-1] if len(out) > start else owner, c, fault(self.prog, e))
-                            break
-                append(c)
-                steps += 1
-                if steps == power:
-                    saved, power = c + member, power * 2
-                    if power > MAX_WALK:
-                        damage = Damage(walk, c, nxt, "limit")
-                        break
-                pos = nxt
-                if pos == saved:
-                    damage = self._cycle(walk, out, start, first, member, pos)
-                    break
-            stops.append(len(out))
-            if damage:
-                damaged.append((index, damage))
-        return damaged
+                else:  # not whole in one readable chunk: read the object alone
+                    lo, hi = 1, 0
+                    try:
+                        nxt = unpack(self._read(c, size), next_at)[0]
+                    except drgn.FaultError as e:
+                        return Damage(walk, out[-1] if len(out) > start else owner, c, fault(self.prog, e))
+            append(c)
+            steps += 1
+            if steps == power:
+                saved, power = c + member, power * 2
+                if power > MAX_WALK:
+                    return Damage(walk, c, nxt, "limit")
+            pos = nxt
+            if pos == saved:
+                return self._cycle(walk, out, start, first, member, pos)
+        return None
 
     @staticmethod
     def _cycle(walk: str, out: "array[int]", start: int, first: int, member: int,

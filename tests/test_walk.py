@@ -84,3 +84,29 @@ def test_rbtree_inorder() -> None:
     w = walker({root: n2, n2: 0, n2 + 8: n3, n2 + 16: n1, n1: n2 | 1, n3: n2 | 1})
     assert list(w.rbtree_inorder("t", root, 0, 24)) == [n1, n2, n3]
     assert w.bad_links == {}
+
+
+def _chain(addresses: list[int], last: int = 0) -> dict[int, int]:
+    """A chain through *addresses* (next pointer at offset 0), then *last*."""
+    return {a: b for a, b in zip(addresses, addresses[1:] + [last])}
+
+
+@pytest.mark.parametrize("shape,words,first", [
+    ("clean, across chunks", _chain([BASE + 0x40 * i for i in range(300)]), BASE),
+    ("clean, chunks out of order", _chain([BASE + 0x3000, BASE + 0x40, BASE + 0x2040, BASE + 0x80]), BASE + 0x3000),
+    ("cycle across chunks", _chain([BASE + 0x1000 * i for i in range(5)], BASE + 0x2000), BASE),
+    ("cycle in one chunk", _chain([BASE + 0x100, BASE + 0x140], BASE + 0x100), BASE + 0x100),
+    ("points at itself", {BASE + 0x100: BASE + 0x100}, BASE + 0x100),
+    ("misaligned in the same chunk", _chain([BASE + 0x100, BASE + 0x200], BASE + 0x304), BASE + 0x100),
+    ("across a chunk's end", _chain([BASE + 0x100, BASE + 0xfe0]), BASE + 0x100),
+    ("into unreadable memory", _chain([BASE + 0x100, BASE + 0x2000], BASE + (1 << 20)), BASE + 0x100),
+])
+def test_follow_each_fast_path_walks_as_every_step_checked(shape: str, words: dict[int, int], first: int) -> None:
+    """follow_each's path without a check per step gives what the walk
+    that checks every step gives, damage and all, whatever the chain."""
+    fast, fast_stops = array("Q"), array("q")
+    damaged = walker(words).follow_each("t", [(first, BASE)], 0, 0, 64, fast, fast_stops)
+    exact: array[int] = array("Q")
+    damage = walker(words)._follow_exact("t", first, BASE, 0, 0, 64, exact)
+    assert (list(fast), list(fast_stops)) == (list(exact), [len(exact)]), shape
+    assert damaged == ([(0, damage)] if damage else []), shape
