@@ -579,28 +579,22 @@ def _rank_hlists(c: Collection, firsts: np.ndarray) -> Optional[tuple[np.ndarray
     if np.any(targets[1:] == targets[:-1]):  # an item pointed at twice
         return None
     del targets
-    # No item is pointed at twice, so each hlist is a path from its first
-    # item that runs into no other: each item's distance from the first
-    # before it, by pointer doubling (log2 of the longest hlist steps over
-    # all items at once), then the items sorted by (node, distance).
-    n = len(walked)
-    has = succ >= 0
-    pred: np.ndarray = np.full(n, -1, index)
-    pred[succ[has]] = np.nonzero(has)[0]
-    jump = np.where(pred >= 0, pred, np.arange(n, dtype=index))  # a first (or lone) item: itself
-    dist: np.ndarray = (pred >= 0).astype(index)
-    for _ in range(n.bit_length()):
-        further = jump[jump]
-        if np.array_equal(further, jump):
-            break
-        dist += dist[jump]
-        jump = further
-    node_of: np.ndarray = np.full(n, -1, index)  # a first item's node
-    node_of[first[first >= 0]] = np.nonzero(first >= 0)[0]
-    node = node_of[jump]  # -1: on no node's hlist (or on a cycle no hlist leads into)
-    on = np.nonzero(node >= 0)[0]
-    rows: np.ndarray = on[np.lexsort((dist[on], node[on]))].astype(index)
-    return np.bincount(node[on], minlength=len(first)).astype(np.int64), rows
+    # No item is pointed at twice, so no hlist can run into a cycle or into
+    # another: follow each from its first item, in the columns.
+    # indexed without a Python int per row made in advance; numpy's stubs
+    # give ndarray __buffer__ only on Python >= 3.12
+    follow = memoryview(succ)  # type: ignore[arg-type]
+    typecode = "i" if index is np.int32 else "q"
+    rows: array[int] = array(typecode)
+    append = rows.append
+    length = np.zeros(len(first), np.int64)
+    for i, r in enumerate(first.tolist()):
+        n = len(rows)
+        while r >= 0:
+            append(r)
+            r = follow[r]
+        length[i] = len(rows) - n
+    return length, np.frombuffer(rows, index) if rows else np.zeros(0, index)
 
 
 def walked_counts(c: Collection, chains: bool) -> dict[str, int]:

@@ -159,59 +159,70 @@ class Walker:
         appends each chain's containers to *out* and where it ends to
         *stops*; returns ``(chain index, damage)`` for the chains cut short.
         Cycles are found with Brent's method, in constant memory."""
-        damaged: list[tuple[int, Damage]] = []
-        for index, (first, owner) in enumerate(chains):
-            start = len(out)
-            if not self._follow_clean(first, member, next_at, size, out):
-                del out[start:]  # something is odd: walk it again, step by step
-                damage = self._follow_exact(walk, first, owner, member, next_at, size, out)
-                if damage:
-                    damaged.append((index, damage))
-            stops.append(len(out))
+        out_from, stops_from = len(out), len(stops)
+        damaged = self._follow_chains(walk, chains, member, next_at, size, out, stops, set())
+        # The fast path read a misaligned container as the aligned one below
+        # it: found here, once for all, and those chains walked step by step.
+        walked: np.ndarray = np.frombuffer(out, np.uint64 if out.itemsize == 8 else np.uint32)[out_from:]
+        odd = np.nonzero(walked & (self.ptr - 1))[0]
+        del walked  # (a view: out cannot be resized while it lives)
+        if len(odd):
+            ends = np.array(stops[stops_from:], np.int64) - out_from
+            exact = set(np.searchsorted(ends, odd, side="right").tolist())
+            del out[out_from:], stops[stops_from:]
+            damaged = self._follow_chains(walk, chains, member, next_at, size, out, stops, exact)
         return damaged
 
-    def _follow_clean(self, first: int, member: int, next_at: int, size: int, out: "array[int]") -> bool:
-        """The fast path of :meth:`follow_each` (a million rmap_items): a
-        chain through kept chunks, with no check per step but that it stays in
-        its chunk. True where it ended at NULL with every container aligned
-        and none met twice; False at anything else (a misaligned or unreadable
-        pointer, a container across a chunk's end, a cycle, or more steps in
-        one chunk than it has containers), where what it appended means
-        nothing and :meth:`_follow_exact` walks the chain instead."""
+    def _follow_chains(self, walk: str, chains: list[tuple[int, int]], member: int, next_at: int, size: int,
+                       out: "array[int]", stops: "array[int]", exact: set[int]) -> list[tuple[int, Damage]]:
+        """:meth:`follow_each`'s loop. A chain (a million rmap_items, or one
+        of fifty thousand chains of dups) is walked first with no check per
+        step but that it stays in its chunk; anything odd there (an
+        unreadable pointer, a container across a chunk's end, a chunk entered
+        twice at one place by Brent's method, more steps in one chunk than it
+        holds) drops what it appended, and :meth:`_follow_exact` walks the
+        chain step by step, as it does the chains in *exact*."""
         kept = self.memory.word_chunks  # chunk base -> (words, index of its first word)
         load = self.memory.words
         shift = 3 if self.ptr == 8 else 2
         cmask = ~(CHUNK - 1)
         append = out.append
         spin = range(CHUNK // self.ptr + 1)  # more steps in one chunk than it holds: a cycle
-        entered: set[int] = set()  # where the walk came into a chunk: met again, a cycle
-        start = len(out)
-        c = first - member
-        while first:
-            base = c & cmask
-            if c in entered or c & (self.ptr - 1) or c - base + size > CHUNK:
-                return False
-            entered.add(c)
-            got = kept.get(base) or load(c)
-            if got is None:
-                return False
-            words, wbase = got
-            lo, hi = base, base + CHUNK - size
-            delta = wbase + ((next_at - lo) >> shift)
-            for _ in spin:  # containers lo..hi lie whole in this chunk
-                append(c)
-                first = words[(c >> shift) + delta]
-                c = first - member
-                if not lo <= c <= hi:  # another chunk, or NULL (below any chunk)
+        damaged: list[tuple[int, Damage]] = []
+        for index, (first, owner) in enumerate(chains):
+            start = len(out)
+            pos, c = first, first - member
+            saved, power, entries = -1, 1, 0  # Brent's, over where the walk enters a chunk
+            while pos:
+                base = c & cmask
+                if c == saved or c - base + size > CHUNK:
                     break
-            else:
-                return False
-            if len(out) - start > MAX_WALK:
-                return False
-        # a misaligned container inside a chunk was read as the aligned one
-        # below it: seen here, after the walk, once for all
-        walked: np.ndarray = np.frombuffer(out, np.uint64 if out.itemsize == 8 else np.uint32)[start:]
-        return not np.any(walked & (self.ptr - 1))
+                entries += 1
+                if entries == power:
+                    saved, power = c, power * 2
+                got = kept.get(base) or load(c)
+                if got is None:
+                    break
+                words, wbase = got
+                lo, hi = base, base + CHUNK - size
+                delta = wbase + ((next_at - lo) >> shift)
+                for _ in spin:  # containers lo..hi lie whole in this chunk
+                    append(c)
+                    pos = words[(c >> shift) + delta]
+                    c = pos - member
+                    if not lo <= c <= hi:  # another chunk, or NULL (below any chunk)
+                        break
+                else:
+                    break
+                if entries > MAX_WALK:
+                    break
+            if pos or index in exact:  # odd: walk it again, every step checked
+                del out[start:]
+                damage = self._follow_exact(walk, first, owner, member, next_at, size, out)
+                if damage:
+                    damaged.append((index, damage))
+            stops.append(len(out))
+        return damaged
 
     def _follow_exact(self, walk: str, first: int, owner: int, member: int, next_at: int, size: int,
                       out: "array[int]") -> Optional[Damage]:
