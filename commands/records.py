@@ -117,11 +117,13 @@ def item_json(item, owner, has_offset: bool, all_fields: bool = False) -> dict[s
     return out
 
 
-def sharers_text(sharers) -> str:
-    """The JSON texts of a node's :class:`~ksminspect.stable.Sharers`, comma-separated."""
-    items, mms, pids, comms, pages, states = sharers.columns()
-    return ", ".join(item_template(p, c) % (i, m, a, s)
-                     for i, m, p, c, a, s in zip(items, mms, pids, comms, pages, states))
+def sharers_text(columns: tuple, start: int, stop: int) -> str:
+    """The JSON texts of a node's sharers, comma-separated: rows
+    *start*..*stop* of the sharer columns of a
+    :class:`~ksminspect.stable.StableColumns` (a :class:`Sharers`' span)."""
+    items, mms, pids, comms, pages, states = columns
+    return ", ".join([item_template(pids[k], comms[k]) % (items[k], mms[k], pages[k], states[k])
+                      for k in range(start, stop)])
 
 
 def node_record(address: int, kind: NodeKind, tree_nid: Optional[int], nid: Optional[int], kpfn: Optional[int],
@@ -140,7 +142,7 @@ def node_record(address: int, kind: NodeKind, tree_nid: Optional[int], nid: Opti
 def node_text(e) -> str:
     """A :class:`~ksminspect.stable.StableTreeNode` as JSON text."""
     return node_record(e.node, e.kind, e.tree_nid, None if e.kind is NodeKind.CHAIN else e.nid, e.kpfn,
-                       e.rmap_hlist_len, sharers_text(e.sharers) if e.sharers else "",
+                       e.rmap_hlist_len, sharers_text(*e.sharers.span()),
                        ", ".join(map(node_text, e.dups)), e.damage, e.chain_prune_time)
 
 
@@ -149,18 +151,13 @@ def node_texts(cols, indices: list[int]) -> Iterator[str]:
     :class:`~ksminspect.stable.StableColumns`, made from the columns as they
     are written: a host's hundred thousand stable pages are no hundred
     thousand objects, nor their texts all held at once."""
-    items, mms, pids, comms, pages, states = cols.sharers
-    template = [item_template(p, c) for p, c in zip(pids, comms)]  # each sharer's owner's
     start, stop, kpfn = cols.hlist_start, cols.hlist_stop, cols.kpfn
-
-    def sharers(i: int) -> str:
-        return ", ".join([template[k] % (items[k], mms[k], pages[k], states[k]) for k in range(start[i], stop[i])])
 
     def text(i: int) -> str:
         chain = cols.kind[i] is NodeKind.CHAIN
         return node_record(cols.address[i], cols.kind[i], cols.tree_nid[i], None if chain else cols.nid[i],
                            None if chain else kpfn[i], cols.rmap_hlist_len[i],
-                           "" if chain or not cols.holds_page[i] else sharers(i),
+                           "" if chain or not cols.holds_page[i] else sharers_text(cols.sharers, start[i], stop[i]),
                            ", ".join(map(text, cols.dups.get(cols.address[i], ()))) if chain else "",
                            [cols.damage[i]] if i in cols.damage else (), kpfn[i] if chain else None)
 

@@ -34,15 +34,17 @@ def totals(entries) -> dict[str, int]:
     """Counts comparable with the kernel's: pages_shared is one per page held
     (a plain node, a dup, a node on migrate_nodes), pages_sharing the further
     sharers of each."""
+    from ksminspect.decode import NodeKind
+
     pages = sharers = chains = dups = nodes = 0
     for e in entries:
-        if e.kind.value == "chain":
+        if e.kind is NodeKind.CHAIN:
             chains += 1
             dups += len(e.dups)
             held = [d for d in e.dups if d.sharers]
         else:  # a plain node, or a dup drawn alone (page on a dup)
-            dups += e.kind.value == "dup"
-            nodes += e.kind.value != "dup"
+            dups += e.kind is NodeKind.DUP
+            nodes += e.kind is not NodeKind.DUP
             held = [e] if e.sharers else []
         pages += len(held)
         sharers += sum(len(h.sharers) for h in held)

@@ -55,12 +55,17 @@ class Sharers(Sequence):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
 
+    def span(self) -> tuple[tuple[Sequence, ...], int, int]:
+        """``(columns, start, stop)``: the columns every node of the walk
+        shares, and this node's stretch of them."""
+        return self._columns, self._start, self._stop
+
     def columns(self) -> tuple[Sequence, ...]:
         """``(items, mms, pids, comms, page_addresses, states)``, one list each."""
         return tuple(column[self._start:self._stop] for column in self._columns)
 
 
-@dataclass
+@dataclass(slots=True)
 class StableTreeNode:
     """A stable node, chain or dup, decoded with its sharers or dups."""
 
