@@ -119,6 +119,22 @@ class KeptMemory:
         base = address & ~(CHUNK - 1)
         return self.word_chunks.get(base) if self._load(base) is not None else None
 
+    def keep(self, addresses: np.ndarray) -> np.ndarray:
+        """Read and keep the chunks holding *addresses*, each once: whether
+        each address's chunk could be read whole."""
+        bases = addresses & np.uint64(~(CHUNK - 1) & (2**64 - 1))
+        unique, where = np.unique(bases, return_inverse=True)
+        readable = np.array([self._load(b) is not None for b in unique.tolist()], bool)
+        return readable[where] if len(unique) else np.zeros(len(addresses), bool)
+
+    def words_at(self, addresses: np.ndarray) -> np.ndarray:
+        """The word at each of *addresses*, aligned and in kept chunks
+        (:meth:`keep`), as uint64."""
+        order = "<" if self.little_endian else ">"
+        dtype = np.dtype({"names": ["word"], "formats": [f"{order}u{self.word_size}"], "offsets": [0],
+                          "itemsize": self.word_size})
+        return self.gather(addresses, dtype)["word"].astype(np.uint64)
+
     def forget(self) -> None:
         """Drop every kept chunk (what was gathered is copied out): memory
         read again later is read afresh."""

@@ -29,6 +29,9 @@ from ksminspect.program import is_gap
 
 # No sane KSM structure is longer; a walk beyond it is reading garbage.
 MAX_WALK = 1 << 28
+# As many chains or more are walked a round at a time (the dups of every
+# chain, say), for at most as many rounds
+MANY_CHAINS, MANY_ROUNDS = 1024, 64
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,24 @@ class Walker:
         *stops*; returns ``(chain index, damage)`` for the chains cut short.
         Cycles are found with Brent's method, in constant memory."""
         out_from, stops_from = len(out), len(stops)
-        damaged = self._follow_chains(walk, chains, member, next_at, size, out, stops, set())
+        damaged: list[tuple[int, Damage]] = []
+        if len(chains) < MANY_CHAINS:
+            damaged = self._follow_chains(walk, chains, member, next_at, size, out, stops, set())
+        else:  # fifty thousand chains of dups, say: all at once
+            met, lengths, alone = self._follow_rounds(chains, member, next_at, size)
+            ends = np.cumsum(lengths)
+            if not alone.any():
+                out.extend(met)
+                stops.extend((ends + out_from).tolist())
+            else:  # those the rounds could not finish, each walked on its own
+                starts = (ends - lengths).tolist()
+                for i, chain in enumerate(chains):
+                    if alone[i]:
+                        damaged += [(i, d) for _, d in self._follow_chains(walk, [chain], member, next_at, size,
+                                                                        out, stops, set())]
+                    else:
+                        out.extend(met[starts[i]:starts[i] + lengths[i]])
+                        stops.append(len(out))
         # The fast path read a misaligned container as the aligned one below
         # it: found here, once for all, and those chains walked step by step.
         walked: np.ndarray = np.frombuffer(out, np.uint64 if out.itemsize == 8 else np.uint32)[out_from:]
@@ -172,6 +192,38 @@ class Walker:
             del out[out_from:], stops[stops_from:]
             damaged = self._follow_chains(walk, chains, member, next_at, size, out, stops, exact)
         return damaged
+
+    def _follow_rounds(self, chains: list[tuple[int, int]], member: int, next_at: int,
+                       size: int) -> tuple["array[int]", np.ndarray, np.ndarray]:
+        """Every chain one container a round, the rounds in numpy (many short
+        chains cost a Python step per round, not per container): the
+        containers in chain order, each chain's length, and the chains it
+        could not finish (a misaligned or unreadable pointer, a container
+        across a chunk's end, or still going after MANY_ROUNDS rounds: long,
+        or a cycle), for a walk of their own."""
+        pos = np.array([first for first, _ in chains], np.uint64)
+        odd = np.zeros(len(chains), bool)
+        live = np.nonzero(pos)[0]
+        met_chain, met_at = [], []
+        amask, chunk_end = np.uint64(self.ptr - 1), np.uint64(CHUNK - size)
+        for _ in range(MANY_ROUNDS):
+            if not len(live):
+                break
+            c = pos[live] - np.uint64(member)
+            ok = ((c & amask) == 0) & ((c & np.uint64(CHUNK - 1)) <= chunk_end)
+            ok[ok] = self.memory.keep(c[ok])
+            odd[live[~ok]] = True
+            live, c = live[ok], c[ok]
+            met_chain.append(live)
+            met_at.append(c)
+            pos[live] = self.memory.words_at(c + np.uint64(next_at))
+            live = live[pos[live] != 0]
+        odd[live] = True
+        chain_of = np.concatenate(met_chain) if met_chain else np.zeros(0, np.int64)
+        order = np.argsort(chain_of, kind="stable")  # rounds in order within each chain
+        met: array[int] = array("Q")
+        met.frombytes((np.concatenate(met_at)[order] if met_at else np.zeros(0, np.uint64)).tobytes())
+        return met, np.bincount(chain_of, minlength=len(chains)), odd
 
     def _follow_chains(self, walk: str, chains: list[tuple[int, int]], member: int, next_at: int, size: int,
                        out: "array[int]", stops: "array[int]", exact: set[int]) -> list[tuple[int, Damage]]:

@@ -110,3 +110,42 @@ def test_follow_each_fast_path_walks_as_every_step_checked(shape: str, words: di
     damage = walker(words)._follow_exact("t", first, BASE, 0, 0, 64, exact)
     assert (list(fast), list(fast_stops)) == (list(exact), [len(exact)]), shape
     assert damaged == ([(0, damage)] if damage else []), shape
+
+
+def test_follow_each_many_chains_in_rounds_walks_as_every_step_checked() -> None:
+    """Chains enough to be walked a round at a time (the dups of every
+    chain), among them each odd shape above and one longer than the rounds
+    go: what each chain walked alone, step by step, gives."""
+    from ksminspect.walk import MANY_CHAINS, MANY_ROUNDS
+
+    words: dict[int, int] = {}
+    firsts = []
+    for i in range(MANY_CHAINS + 8):  # two containers each, 64 bytes apart
+        a = BASE + 0x10000 + i * 0x80
+        words.update(_chain([a, a + 0x40]))
+        firsts.append(a)
+    odd = BASE + 0x80000
+    shapes = [
+        _chain([odd + 0x1000 * i for i in range(5)], odd + 0x2000),  # a cycle across chunks
+        {odd + 0x6100: odd + 0x6100},  # points at itself
+        _chain([odd + 0x7100, odd + 0x7200], odd + 0x7304),  # misaligned
+        _chain([odd + 0x8100, odd + 0x8fe0]),  # across a chunk's end
+        _chain([odd + 0x9100], BASE + (1 << 23)),  # into unreadable memory
+        _chain([odd + 0xa000 + 0x40 * i for i in range(MANY_ROUNDS + 10)]),  # longer than the rounds
+    ]
+    for k, shape in enumerate(shapes):
+        words.update(shape)
+        firsts.insert(100 * k + 3, min(shape))
+    chains = [(f, BASE) for f in firsts]
+    memory = Memory(words, 1 << 22)
+    out, stops = array("Q"), array("q")
+    damaged = Walker(memory, walker({}).layout).follow_each("t", chains, 0, 0, 64, out, stops)  # type: ignore[arg-type]
+    exact: array[int] = array("Q")
+    exact_stops, exact_damage = [], []
+    for i, (first, owner) in enumerate(chains):
+        damage = Walker(memory, walker({}).layout)._follow_exact("t", first, owner, 0, 0, 64, exact)  # type: ignore[arg-type]
+        exact_stops.append(len(exact))
+        if damage:
+            exact_damage.append((i, damage))
+    assert list(out) == list(exact) and list(stops) == exact_stops
+    assert damaged == exact_damage and [d.problem for _, d in damaged] == ["cycle", "cycle", "misaligned", "fault"]
